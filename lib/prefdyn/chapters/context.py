@@ -1,0 +1,110 @@
+"""What a chapter calls right after its ``parameters`` cell: ``ch = start("<id>", globals())``.
+
+:func:`start` validates the chapter's parameters as they stand in the notebook's namespace (defaults,
+papermill's injected values, or a reader's edits), seeds every random generator, applies the book's plotting
+style and returns a :class:`ChapterContext` whose ``save_results`` prints and saves the key numbers.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .. import results as _results
+from .catalog import get_chapter
+from .params import Chapter, ParameterError
+
+# papermill's injected cell starts with this comment (papermill.translators).
+_INJECTED_HEADER = "# Parameters"
+
+
+@dataclass
+class ChapterContext:
+    """The running chapter: its declaration, validated parameters and seed."""
+
+    chapter: Chapter
+    params: dict[str, Any]
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return self.chapter.id
+
+    @staticmethod
+    def fmt(x: Any, digits: int = _results.DIGITS) -> str:
+        """Format a number exactly as :meth:`save_results` prints it."""
+        return _results.fmt(x, digits)
+
+    def save_results(self, results: Mapping[str, Any]) -> None:
+        """Print ``results`` (rounded) and write them, with the parameters, to the chapter's JSON.
+
+        Returns nothing, so the cell's output is exactly the printed numbers (the JSON's path differs
+        between runs and would upset nbval).
+        """
+        _results.save_results(self.chapter.id, results, self.params)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (CPU and CUDA)."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def injected_names(namespace: Mapping[str, Any]) -> set[str]:
+    """Names assigned by papermill's injected-parameters cell(s), read from IPython's input history ``In``.
+
+    papermill only *warns* about a parameter the notebook does not have and injects it anyway; reading its
+    cell lets the chapter refuse it like ``prefdyn run`` does.
+    """
+    names: set[str] = set()
+    for source in namespace.get("In", []) or []:
+        if not isinstance(source, str) or not source.lstrip().startswith(_INJECTED_HEADER):
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assign):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def start(chapter_id: str, namespace: Mapping[str, Any], style: bool = True) -> ChapterContext:
+    """Validate the chapter's parameters found in ``namespace`` and set the chapter up.
+
+    Raises :class:`ParameterError` (one line) for an unknown chapter, a parameter missing from the
+    ``parameters`` cell, an unknown parameter (e.g. ``papermill -p nosuch 1``, which papermill itself
+    only warns about) or a value out of range.
+    """
+    chapter = get_chapter(chapter_id)
+    values: dict[str, Any] = {}
+    for name in chapter.param_names:
+        if name not in namespace:
+            raise ParameterError(f"{chapter.id}: the parameters cell does not define '{name}'")
+        values[name] = namespace[name]
+    unknown = sorted(n for n in injected_names(namespace) if n not in values)
+    if unknown:
+        allowed = ", ".join(chapter.param_names) or "none"
+        raise ParameterError(f"{chapter.id}: unknown parameter '{unknown[0]}' (this chapter takes: {allowed})")
+    params = chapter.validate(values)
+    seed = int(params.get("seed", 0))
+    seed_everything(seed)
+    if style:
+        from .. import plotting
+
+        plotting.use_style()
+    return ChapterContext(chapter=chapter, params=params, seed=seed)
