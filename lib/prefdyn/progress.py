@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # not tqdm.auto: its notebook bar needs ipywidgets and warns inside kernels
 
 ENV = "PREFDYN_PROGRESS"
 

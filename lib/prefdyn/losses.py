@@ -1,0 +1,475 @@
+"""The loss zoo: DPO and its variants, once, as pure torch functions of sequence log-probs.
+
+Every preference loss of the book lives here and nowhere else (the one exception is the independent sympy
+derivation in :mod:`prefdyn.symbolic`, which the tests compare against this module). Seed papers are quoted
+by their file number in ``shared/seeds``: 000 (Yan et al., 3D-properties), 004 (Ma et al., gradient
+imbalance).
+
+Signature and conventions
+-------------------------
+Each loss is ``fn(logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params) -> Tensor``:
+
+- inputs are **sequence** log-probabilities ``log pi(a|x)``: the SUM of the token log-probs of the response
+  (as in TRL 1.16's ``DPOTrainer._compute_loss``: ``logps = per_token_logps.sum(dim=1)``; TRL's IPO instead averages over tokens, see ``ipo``). In the toy
+  model a response is one token. ``ref_*`` are the frozen reference model's log-probs (``pi_0`` in 000,
+  ``pi_ref`` in 004);
+- any broadcastable batch shapes, float32 or float64, any device; plain numbers are accepted too;
+- the result is the **per-pair** loss, no reduction (``.mean()`` it yourself);
+- every loss is written in log space with ``F.logsigmoid`` / ``relu``: values and gradients stay finite for
+  log-probs anywhere in ``[-1e4, 0]``, including ``chosen == rejected`` and ``pi == pi_ref``;
+- the reference log-probs are constants of the loss: gradients are meant w.r.t. the policy log-probs.
+
+Notation: ``h+ = logp_chosen - ref_chosen`` and ``h- = logp_rejected - ref_rejected`` (log-ratios), and
+``h = h+ - h-`` (the "logits" of TRL's ``dpo_loss``).
+
+=============  ======================================  ===============================================
+name           params (defaults)                       loss per pair
+=============  ======================================  ===============================================
+``dpo``        beta=0.1                                -log s(beta h)                      000 eq. 5
+``flex_dpo``   beta_chosen=0.1, beta_rejected=0.01     -log s(b+ h+ - b- h-)      000 App. B.2.1
+``sft_dpo``    beta=0.1, gamma=0.1                     dpo - gamma logp_chosen             000 eq. 7
+``ipo``        beta=0.1                                (h - 1/(2 beta))^2                  000 eq. 8
+``slic``       delta=5.0, eta=0.1                      max(0, delta - logp+ + logp-) - eta logp+
+                                                                                           000 eq. 11
+``dpop``       beta=0.1, lam=50.0                      -log s(beta (h+ - h- - lam max(0, ref+ - logp+)))
+                                                                  DPO-Positive, Pal et al. 2024 ([22] of 000)
+``nbdpo``      beta=1.0, clip=0.5, symmetric=False     value of dpo; gradient on logp+ times lambda
+                                                                            004 eq. 25 (corrected), 26
+``nbdpo_v2``   beta=1.0, clip=0.5, symmetric=False     -log s(beta (lambda h+ - h-))       004 eq. 27, 26
+``bdpo``       beta=1.0                                -log s(beta (lw h+ - (1 - lw) h-))  004 eq. 28-29
+=============  ======================================  ===============================================
+
+(``s`` is the logistic sigmoid.) Default values are the papers': beta=0.1, IPO eta=0.1, SLiC delta=5 and
+eta=0.1 (000 App. D.1), Flex-DPO beta1=0.1, beta2=0.01 (000 Table 10), gamma=0.1 for SFT-DPO (000 gives no
+value; 0.1 is the book's choice), DPOP lambda=50 (Pal et al.), nbDPO/bDPO beta=1 and clip=0.5 (004 App. B).
+
+Choices where the papers or TRL differ
+--------------------------------------
+- **IPO** (000 eq. 8): ``(h - 1/(2 beta))^2``. The paper's ``eta`` is our ``beta``, as in TRL
+  (``loss_type="ipo"``: ``(ipo_delta - 1/(2*beta))**2``). TRL 1.16 (``DPOTrainer._compute_loss``) divides
+  each response's log-ratio by its number of completion tokens before IPO; we take whatever log-probs we
+  are given (sums by convention), so pass per-token averages (policy and reference) to reproduce TRL's IPO.
+  TRL's ``sigmoid`` loss is our ``dpo`` on the same summed log-probs.
+- **SLiC** (000 eq. 11): exactly the printed form ``max(0, delta - log pi+ + log pi-) - eta log pi+``: a
+  hinge on the policy log-ratio (no reference model; ``ref_*`` are accepted and ignored) plus ``eta`` times
+  the SFT loss of the chosen response (000 App. A.3 describes the regulariser as a cross-entropy term). At
+  the hinge's kink the subgradient 0 is used (``relu``), the "else" branch of 000 eq. 13.
+- **nbDPO** (004 eq. 25): the printed equation has a misplaced parenthesis: it closes the sigmoid after
+  the first term and opens a ``log(`` around ``pi_l/pi_ref - beta (lambda-1) log(...)``. The intended loss,
+  whose value equals DPO's as the text says, is
+
+      L = -log s( beta lambda h+  -  beta h-  -  beta (lambda - 1) sg[h+] )
+
+  with ``sg[.]`` the stop-gradient (004's ``pi_theta^detached``). We implement it in the algebraically
+  identical form ``h+' = sg[h+] + lambda (h+ - sg[h+])`` so the value is *bit-identical* to ``dpo`` while
+  ``dL/dlogp_chosen`` is multiplied by lambda and ``dL/dlogp_rejected`` is DPO's.
+- **lambda** (004 eq. 26) ``= 1 + clip(log pi_w - log pi_l, dl_min, dl_max)`` is computed from the
+  *detached* policy log-probs (it is a gradient weight). ``clip`` is ``dl_max``; asymmetric:
+  ``dl_min = 0``; symmetric: ``dl_min = 1/(1 + clip) - 1``, so lambda lies in ``[1/(1+clip), 1+clip]``.
+- **nbDPO v2** (004 eq. 27): lambda of eq. 26, detached as in nbDPO (004 calls v2 the same reweighting
+  without the detached correction term). Its value therefore differs from DPO's.
+- **bDPO** (004 eq. 28-29): ``lw = log pi_l / (log pi_w + log pi_l)`` is **detached**. Reasons: 004 calls
+  bDPO "a computationally efficient gradient *reweighting* mechanism" and describes lw as a weight between
+  the two terms; 004 Prop. 1 (the gradient ratio at pi = pi_ref) holds with a detached lw, and would hold
+  without detaching too since there h+ = h- = 0 kills the d(lw) terms, so it does not decide; a
+  non-detached lw would add gradient terms ``(h+ + h-) d(lw)`` that the paper never mentions. lw is computed
+  from ``min(logp, 0)`` (only relevant for inputs above 0, which are not log-probabilities), and set to 1/2
+  when ``log pi_w + log pi_l = 0`` (both responses certain: the limit along ``pi_w = pi_l``). Because lw is
+  detached, this guard never changes a gradient.
+- **DPOP**: the penalty sits inside ``beta(...)`` as in Pal et al.'s DPOP loss (the formula of issue 3); ``lam`` is
+  their lambda. Not a seed paper: it is cited by 000 as [22].
+
+Which quantities are detached (stop-gradient): lambda in ``nbdpo`` and ``nbdpo_v2``; the correction term
+``sg[h+]`` in ``nbdpo``; lw in ``bdpo``. Nothing else.
+
+Also here: :func:`reward_model_loss` (000 Sec. 4 / eq. 3, 004 eq. 3 up to its sign slip),
+:func:`sft_loss`, the registry :data:`LOSSES`, :data:`LOSS_NAMES`, :data:`LOSS_DEFAULTS`, the allowed
+parameter ranges :data:`LOSS_PARAM_RANGES`, :func:`check_loss_params`, :func:`pair_loss` and
+:func:`logprob_grads` (per-pair ``dl/dlogp`` by autograd; ``dl/dpi = (dl/dlogp) / pi``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "LOSSES",
+    "LOSS_NAMES",
+    "LOSS_DEFAULTS",
+    "LOSS_PARAM_RANGES",
+    "LOSS_SOURCES",
+    "DETACHED",
+    "ParamRange",
+    "check_loss_params",
+    "pair_loss",
+    "logprob_grads",
+    "reward_model_loss",
+    "sft_loss",
+    "delta_lambda_min",
+    "nbdpo_lambda",
+    "bdpo_weight",
+    "dpo",
+    "flex_dpo",
+    "sft_dpo",
+    "ipo",
+    "slic",
+    "dpop",
+    "nbdpo",
+    "nbdpo_v2",
+    "bdpo",
+]
+
+
+# ----------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class ParamRange:
+    """The allowed values of one loss parameter (machine-readable, same fields as a chapter ``Param``).
+
+    ``type`` is ``"float"`` or ``"bool"``; ``low``/``high`` bound a float, ``low_open``/``high_open`` make a
+    bound strict. Floats must also be finite. A float parameter may be a torch tensor (every element is
+    checked), so a sweep over e.g. beta can be one broadcast call.
+    """
+
+    type: str
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allowed(self) -> str:
+        """The allowed values in words, e.g. ``'a finite number > 0'``."""
+        if self.type == "bool":
+            return "True or False"
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            rng = f" in {'(' if self.low_open else '['}{lo:g}, {hi:g}{')' if self.high_open else ']'}"
+        elif lo is not None:
+            rng = f" {'>' if self.low_open else '>='} {lo:g}"
+        elif hi is not None:
+            rng = f" {'<' if self.high_open else '<='} {hi:g}"
+        else:
+            rng = ""
+        return "a finite number" + rng
+
+    def param_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for a chapter ``Param(name, **kwargs)`` declaring this loss parameter."""
+        out: dict[str, Any] = {"type": self.type, "default": self.default, "help": self.help}
+        if self.type == "float":
+            out.update(low=self.low, high=self.high, low_open=self.low_open, high_open=self.high_open)
+        return out
+
+    def _ok_float(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+            return False
+        if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
+            return False
+        return True
+
+    def check(self, loss: str, name: str, value: Any) -> Any:
+        """Return ``value`` (a Python float/bool or a float tensor) or raise a one-line ``ValueError``."""
+        bad = ValueError(f"{loss}: parameter '{name}' must be {self.allowed()} (got {value!r})")
+        if self.type == "bool":
+            if isinstance(value, bool):
+                return value
+            if type(value).__name__ == "bool_":  # numpy.bool_
+                return bool(value)
+            raise bad
+        if isinstance(value, torch.Tensor):
+            if not value.is_floating_point():
+                value = value.to(torch.get_default_dtype())
+            v = value.detach()
+            ok = bool(torch.isfinite(v).all())
+            if ok and self.low is not None:
+                ok = bool((v > self.low).all()) if self.low_open else bool((v >= self.low).all())
+            if ok and self.high is not None:
+                ok = bool((v < self.high).all()) if self.high_open else bool((v <= self.high).all())
+            if not ok:
+                raise ValueError(f"{loss}: parameter '{name}' must be {self.allowed()} (got a tensor with values outside)")
+            return value
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise bad
+        v = float(value)
+        if not self._ok_float(v):
+            raise bad
+        return v
+
+
+_BETA = "inverse temperature beta of the log-ratios"
+LOSS_PARAM_RANGES: dict[str, dict[str, ParamRange]] = {
+    "dpo": {"beta": ParamRange("float", 0.1, _BETA + " (000 eq. 5)", low=0.0, low_open=True)},
+    "flex_dpo": {
+        "beta_chosen": ParamRange("float", 0.1, "beta+ on the chosen log-ratio (000 App. B.2.1, beta_1)", low=0.0, low_open=True),
+        "beta_rejected": ParamRange("float", 0.01, "beta- on the rejected log-ratio (000 App. B.2.1, beta_2)", low=0.0, low_open=True),
+    },
+    "sft_dpo": {
+        "beta": ParamRange("float", 0.1, _BETA + " (000 eq. 7)", low=0.0, low_open=True),
+        "gamma": ParamRange("float", 0.1, "weight of the SFT term -log pi(a+) (000 eq. 7)", low=0.0),
+    },
+    "ipo": {"beta": ParamRange("float", 0.1, "IPO regularisation (000 eq. 8's eta, TRL's beta); target margin 1/(2 beta)", low=0.0, low_open=True)},
+    "slic": {
+        "delta": ParamRange("float", 5.0, "hinge margin delta on log pi+ - log pi- (000 eq. 11)", low=0.0),
+        "eta": ParamRange("float", 0.1, "weight of the SFT regulariser -log pi+ (000 eq. 11)", low=0.0),
+    },
+    "dpop": {
+        "beta": ParamRange("float", 0.1, _BETA + " (DPO-Positive)", low=0.0, low_open=True),
+        "lam": ParamRange("float", 50.0, "DPOP penalty weight lambda on max(0, log pi0+ - log pi+)", low=0.0),
+    },
+    "nbdpo": {
+        "beta": ParamRange("float", 1.0, _BETA + " (004 eq. 25)", low=0.0, low_open=True),
+        "clip": ParamRange("float", 0.5, "Delta lambda_max of 004 eq. 26 (lambda <= 1 + clip)", low=0.0),
+        "symmetric": ParamRange("bool", False, "symmetric clipping Delta lambda_min = 1/(1+clip) - 1, else 0 (004 Sec. 5.1)"),
+    },
+    "nbdpo_v2": {
+        "beta": ParamRange("float", 1.0, _BETA + " (004 eq. 27)", low=0.0, low_open=True),
+        "clip": ParamRange("float", 0.5, "Delta lambda_max of 004 eq. 26 (lambda <= 1 + clip)", low=0.0),
+        "symmetric": ParamRange("bool", False, "symmetric clipping Delta lambda_min = 1/(1+clip) - 1, else 0 (004 Sec. 5.2)"),
+    },
+    "bdpo": {"beta": ParamRange("float", 1.0, _BETA + " (004 eq. 28)", low=0.0, low_open=True)},
+}
+
+LOSS_NAMES: tuple[str, ...] = tuple(LOSS_PARAM_RANGES)
+LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
+    name: {p: r.default for p, r in ranges.items()} for name, ranges in LOSS_PARAM_RANGES.items()
+}
+LOSS_SOURCES: dict[str, str] = {
+    "dpo": "000 eq. 5 (= 004 eq. 1)",
+    "flex_dpo": "000 App. B.2.1",
+    "sft_dpo": "000 eq. 7",
+    "ipo": "000 eq. 8",
+    "slic": "000 eq. 11",
+    "dpop": "Pal et al. 2024 (DPO-Positive, [22] of 000)",
+    "nbdpo": "004 eq. 25 (parenthesis corrected) with lambda of eq. 26",
+    "nbdpo_v2": "004 eq. 27 with lambda of eq. 26",
+    "bdpo": "004 eq. 28-29",
+}
+DETACHED: dict[str, tuple[str, ...]] = {
+    "dpo": (),
+    "flex_dpo": (),
+    "sft_dpo": (),
+    "ipo": (),
+    "slic": (),
+    "dpop": (),
+    "nbdpo": ("lambda (004 eq. 26)", "the correction term log(pi+/pi0+) (004 eq. 25, pi^detached)"),
+    "nbdpo_v2": ("lambda (004 eq. 26)",),
+    "bdpo": ("lambda_w (004 eq. 29)",),
+}
+
+
+def _unknown_loss(name: Any) -> ValueError:
+    return ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSS_NAMES)}")
+
+
+def check_loss_params(name: str, **params: Any) -> dict[str, Any]:
+    """Validate ``params`` for loss ``name`` and return them with the defaults filled in.
+
+    Raises a one-line ``ValueError`` naming the loss/parameter and what is allowed for an unknown loss, an
+    unknown parameter, or a value out of range (e.g. ``beta <= 0``, ``clip < 0``, ``gamma < 0``).
+    """
+    if not isinstance(name, str) or name not in LOSS_PARAM_RANGES:
+        raise _unknown_loss(name)
+    ranges = LOSS_PARAM_RANGES[name]
+    for key in params:
+        if key not in ranges:
+            raise ValueError(f"{name}: unknown parameter {key!r}; allowed: {', '.join(ranges)}")
+    out = {}
+    for key, rng in ranges.items():
+        out[key] = rng.check(name, key, params[key]) if key in params else rng.default
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+def _tensors(*xs: Any) -> tuple[torch.Tensor, ...]:
+    """Tensors from tensors / numbers / arrays; non-float and non-tensor inputs take the first float dtype."""
+    ref = next((x for x in xs if isinstance(x, torch.Tensor) and x.is_floating_point()), None)
+    dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+    device = ref.device if ref is not None else None
+    out = []
+    for x in xs:
+        if isinstance(x, torch.Tensor):
+            out.append(x if x.is_floating_point() else x.to(dtype))
+        else:
+            out.append(torch.as_tensor(x, dtype=dtype, device=device))
+    return tuple(out)
+
+
+def _shape(*xs: torch.Tensor) -> torch.Size:
+    return torch.broadcast_shapes(*(x.shape for x in xs))
+
+
+def delta_lambda_min(clip: Any, symmetric: bool) -> Any:
+    """004 Sec. 5.1: ``0`` (asymmetric) or ``1/(1+clip) - 1`` (symmetric), so lambda >= 1/(1+clip)."""
+    if not symmetric:
+        return 0.0 * clip if isinstance(clip, torch.Tensor) else 0.0
+    return 1.0 / (1.0 + clip) - 1.0
+
+
+def nbdpo_lambda(logp_chosen: Any, logp_rejected: Any, clip: Any = 0.5, symmetric: bool = False) -> torch.Tensor:
+    """004 eq. 26: ``lambda = 1 + clip(log pi_w - log pi_l, dl_min, clip)``, from DETACHED policy log-probs."""
+    lc, lr = _tensors(logp_chosen, logp_rejected)
+    d = lc.detach() - lr.detach()
+    lo = delta_lambda_min(clip, symmetric)
+    lo_t = torch.as_tensor(lo, dtype=d.dtype, device=d.device)
+    hi_t = torch.as_tensor(clip, dtype=d.dtype, device=d.device)
+    return 1.0 + torch.minimum(torch.maximum(d, lo_t), hi_t)
+
+
+def bdpo_weight(logp_chosen: Any, logp_rejected: Any) -> torch.Tensor:
+    """004 eq. 29: ``lambda_w = log pi_l / (log pi_w + log pi_l)``, DETACHED, in [0, 1].
+
+    Computed as ``b / (a + b)`` with ``a = -min(log pi_w, 0)``, ``b = -min(log pi_l, 0)``; 1/2 where
+    ``a + b = 0`` (both log-probs 0).
+    """
+    lc, lr = _tensors(logp_chosen, logp_rejected)
+    a = (-lc.detach()).clamp_min(0.0)
+    b = (-lr.detach()).clamp_min(0.0)
+    s = a + b
+    pos = s > 0
+    return torch.where(pos, b / torch.where(pos, s, torch.ones_like(s)), torch.full_like(s, 0.5))
+
+
+# ----------------------------------------------------------------------------- the losses
+def dpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=0.1) -> torch.Tensor:
+    """DPO, 000 eq. 5 / 004 eq. 1: ``-log s(beta [(logp+ - ref+) - (logp- - ref-)])``."""
+    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta * ((lc - rc) - (lr - rr)))
+
+
+def flex_dpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta_chosen=0.1, beta_rejected=0.01) -> torch.Tensor:
+    """Flexible-beta DPO, 000 App. B.2.1: ``-log s(beta+ (logp+ - ref+) - beta- (logp- - ref-))``."""
+    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta_chosen * (lc - rc) - beta_rejected * (lr - rr))
+
+
+def sft_dpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=0.1, gamma=0.1) -> torch.Tensor:
+    """SFT-regularised DPO, 000 eq. 7: ``dpo + gamma * (-logp+)``."""
+    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta * ((lc - rc) - (lr - rr))) - gamma * lc
+
+
+def ipo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=0.1) -> torch.Tensor:
+    """IPO, 000 eq. 8: ``(h - 1/(2 beta))^2`` with ``h = (logp+ - ref+) - (logp- - ref-)``; 000's eta = beta (TRL)."""
+    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return ((lc - rc) - (lr - rr) - 1.0 / (2.0 * beta)) ** 2
+
+
+def slic(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, delta=5.0, eta=0.1) -> torch.Tensor:
+    """SLiC, 000 eq. 11: ``max(0, delta - logp+ + logp-) - eta logp+``. ``ref_*`` only set the batch shape."""
+    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    out = F.relu(delta - lc + lr) - eta * lc
+    shape = _shape(lc, lr, rc, rr)
+    if out.shape != shape:
+        out = out.expand(shape).clone()
+    return out
+
+
+def dpop(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=0.1, lam=50.0) -> torch.Tensor:
+    """DPO-Positive (Pal et al. 2024): ``-log s(beta [h+ - h- - lam max(0, ref+ - logp+)])``."""
+    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta * ((lc - rc) - (lr - rr) - lam * F.relu(rc - lc)))
+
+
+def nbdpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0, clip=0.5, symmetric=False) -> torch.Tensor:
+    """Naive balanced DPO, 004 eq. 25 with the misplaced parenthesis corrected, lambda of eq. 26.
+
+    Printed (004 eq. 25): ``-log s(beta lam log(pi_w/pi_ref)) - beta log(pi_l/pi_ref - beta(lam-1) log(...))``.
+    Corrected: ``-log s(beta lam h+ - beta h- - beta (lam - 1) sg[h+])`` (sg = stop-gradient, lam detached).
+    The value equals :func:`dpo`'s (bit-identical here); ``dL/dlogp_chosen`` is lam times DPO's.
+    """
+    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    lam = nbdpo_lambda(lc, lr, clip, symmetric)
+    lc_det = lc.detach()
+    lc_scaled = lc_det + lam * (lc - lc_det)  # value == lc exactly; gradient lam
+    return -F.logsigmoid(beta * ((lc_scaled - rc) - (lr - rr)))
+
+
+def nbdpo_v2(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0, clip=0.5, symmetric=False) -> torch.Tensor:
+    """Naive balanced DPO v2, 004 eq. 27: ``-log s(beta [lam h+ - h-])``, lam of eq. 26 (detached)."""
+    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    lam = nbdpo_lambda(lc, lr, clip, symmetric)
+    return -F.logsigmoid(beta * (lam * (lc - rc) - (lr - rr)))
+
+
+def bdpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0) -> torch.Tensor:
+    """Balanced DPO, 004 eq. 28-29: ``-log s(beta [lw h+ - (1 - lw) h-])``, lw of eq. 29 detached."""
+    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    lw = bdpo_weight(lc, lr)
+    return -F.logsigmoid(beta * (lw * (lc - rc) - (1.0 - lw) * (lr - rr)))
+
+
+_RAW: dict[str, Callable[..., torch.Tensor]] = {
+    "dpo": dpo,
+    "flex_dpo": flex_dpo,
+    "sft_dpo": sft_dpo,
+    "ipo": ipo,
+    "slic": slic,
+    "dpop": dpop,
+    "nbdpo": nbdpo,
+    "nbdpo_v2": nbdpo_v2,
+    "bdpo": bdpo,
+}
+
+
+def _registered(name: str, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def wrapped(logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params):
+        return fn(logp_chosen, logp_rejected, ref_chosen, ref_rejected, **check_loss_params(name, **params))
+
+    wrapped.__name__ = name
+    wrapped.__qualname__ = name
+    wrapped.__doc__ = fn.__doc__
+    wrapped.__wrapped__ = fn  # type: ignore[attr-defined]
+    return wrapped
+
+
+#: name -> loss function (parameters validated by :func:`check_loss_params` on every call).
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {name: _registered(name, fn) for name, fn in _RAW.items()}
+assert tuple(LOSSES) == LOSS_NAMES
+
+
+def pair_loss(name: str, logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params) -> torch.Tensor:
+    """The per-pair loss ``name`` (see :data:`LOSS_NAMES`); parameters validated, defaults filled."""
+    p = check_loss_params(name, **params)
+    return _RAW[name](logp_chosen, logp_rejected, ref_chosen, ref_rejected, **p)
+
+
+def logprob_grads(name: str, logp_c, logp_r, ref_c, ref_r, **params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair ``(dl/dlogp_chosen, dl/dlogp_rejected)`` of loss ``name``, by autograd, vectorised.
+
+    The four inputs are broadcast to one shape; one backward pass of ``loss.sum()`` gives every pair's own
+    derivatives (pairs do not interact). Detached weights (nbDPO lambda, bDPO lambda_w) are constants, as
+    in training. Works under ``torch.no_grad()``. The gradient w.r.t. a probability is
+    ``dl/dpi = (dl/dlogp) / pi`` (000 Sec. 3.1 works in pi-space).
+    """
+    p = check_loss_params(name, **params)
+    lc, lr, rc, rr = torch.broadcast_tensors(*_tensors(logp_c, logp_r, ref_c, ref_r))
+    lc = lc.detach().clone().requires_grad_(True)
+    lr = lr.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = _RAW[name](lc, lr, rc.detach(), rr.detach(), **p)
+        gc, gr = torch.autograd.grad(loss.sum(), (lc, lr))
+    return gc, gr
+
+
+# ----------------------------------------------------------------------------- reward model and SFT
+def reward_model_loss(r_chosen, r_rejected) -> torch.Tensor:
+    """Bradley-Terry reward-model loss, 000 Sec. 4 / eq. 3: ``-log s(r+ - r-)`` per pair (no reduction).
+
+    (004 eq. 3 prints it without the minus sign.) Its gradients are balanced: ``dl/dr+ = -dl/dr-``.
+    """
+    rc, rr = _tensors(r_chosen, r_rejected)
+    return -F.logsigmoid(rc - rr)
+
+
+def sft_loss(logp_chosen) -> torch.Tensor:
+    """SFT loss of the chosen response: ``-log pi(a+)`` per example (the gamma-term of 000 eq. 7)."""
+    (lc,) = _tensors(logp_chosen)
+    return -lc
