@@ -87,16 +87,17 @@ def test_results_round_print_and_save_the_same_numbers(tmp_path, monkeypatch, ca
     monkeypatch.setenv(results.ENV, str(tmp_path))
     path = results.save_results("demo", {
         "a": 0.123456789, "n": 32, "t": torch.tensor(2.0 / 3.0), "arr": np.array([1.0 / 3.0, 2.0]),
-        "nested": {"x": 1e-9 / 3, "ok": True}, "bad": float("nan"),
+        "nested": {"x": 1e-9 / 3, "ok": True}, "bad": float("nan"), "big": float("-inf"),
     }, {"beta": 0.1})
     assert path == tmp_path / "demo.json"
     data = json.loads(path.read_text())
     assert data["results"] == {"a": 0.1235, "n": 32, "t": 0.6667, "arr": [0.3333, 2.0],
-                               "nested": {"x": 3.333e-10, "ok": True}, "bad": None}
+                               "nested": {"x": 3.333e-10, "ok": True}, "bad": "nan", "big": "-inf"}
     assert data["parameters"] == {"beta": 0.1} and data["chapter"] == "demo"
     printed = capsys.readouterr().out.splitlines()
     assert printed == ["a = 0.1235", "n = 32", "t = 0.6667", "arr = [0.3333, 2]",
-                       "nested.x = 3.333e-10", "nested.ok = True", "bad = nan"]
+                       "nested.x = 3.333e-10", "nested.ok = True", "bad = nan", "big = -inf"]
+    assert results.lines(data["results"]) == printed     # the saved JSON prints back to the same text
     with pytest.raises(TypeError):
         results.rounded({"x": object()})
     with pytest.raises(ValueError):

@@ -53,7 +53,8 @@ def rounded(obj: Any, digits: int = DIGITS) -> Any:
     """A JSON-able copy of ``obj`` with every float rounded to ``digits`` significant digits.
 
     Dicts keep their key order, tuples and arrays become lists, numpy/torch scalars become Python
-    numbers, and non-finite floats become ``None`` (JSON has no NaN); they print as ``nan``/``inf``.
+    numbers, and non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"`` (JSON has no NaN),
+    exactly as they are printed.
     """
     obj = _plain(obj)
     if isinstance(obj, Mapping):
@@ -64,7 +65,7 @@ def rounded(obj: Any, digits: int = DIGITS) -> Any:
         return [rounded(v, digits) for v in obj]
     if isinstance(obj, float):
         if not math.isfinite(obj):
-            return None
+            return fmt(obj)
         return float(f"{obj:.{digits}g}")
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj

@@ -48,15 +48,141 @@ register(Chapter(
 # ------------------------------------------------------------------------------------------------
 # Part 1 - Theory: gradients  ([2/7])
 # ------------------------------------------------------------------------------------------------
+register(Chapter(
+    id="gradients",
+    title="Gradients of DPO and its variants",
+    part="1 Theory",
+    params=[
+        Param("losses", "list[str]", ["dpo", "flex_dpo", "sft_dpo", "ipo", "slic", "dpop", "nbdpo", "nbdpo_v2", "bdpo"],
+              "the losses compared (prefdyn.losses.LOSS_NAMES)",
+              choices=["dpo", "flex_dpo", "sft_dpo", "ipo", "slic", "dpop", "nbdpo", "nbdpo_v2", "bdpo"]),
+        Param("beta", "float", 0.1, "beta of dpo, sft_dpo, ipo (000's eta) and dpop (000 App. D.1)", low=0.0, low_open=True, high=100.0),
+        Param("beta_chosen", "float", 0.1, "flex-beta DPO beta+ on the chosen log-ratio (000 Table 10)", low=0.0, low_open=True, high=100.0),
+        Param("beta_rejected", "float", 0.01, "flex-beta DPO beta- on the rejected log-ratio (000 Table 10)", low=0.0, low_open=True, high=100.0),
+        Param("gamma", "float", 0.1, "SFT weight gamma of sft_dpo (000 eq. 7)", low=0.0, high=100.0),
+        Param("delta", "float", 5.0, "SLiC hinge margin delta (000 eq. 11, App. D.1)", low=0.0, high=100.0),
+        Param("eta", "float", 0.1, "SLiC SFT weight eta (000 eq. 11, App. D.1)", low=0.0, high=100.0),
+        Param("lam", "float", 50.0, "DPOP penalty weight lambda (Pal et al. 2024)", low=0.0, high=1000.0),
+        Param("beta_balanced", "float", 1.0, "beta of nbdpo, nbdpo_v2 and bdpo (004 App. B)", low=0.0, low_open=True, high=100.0),
+        Param("clip", "float", 0.5, "nbDPO clip = Delta lambda_max (004 eq. 26, App. B)", low=0.0, high=100.0),
+        Param("symmetric", "bool", False, "symmetric nbDPO clipping, Delta lambda_min = 1/(1+clip) - 1 (004 Sec. 5.1)"),
+        Param("pi_chosen", "float", 0.12, "pi+ held fixed along the path (000 Sec. 3.2.2 starts at 0.12)", low=0.0, low_open=True, high=1.0, high_open=True),
+        Param("ref_chosen", "float", 0.12, "reference probability pi_0+ of the chosen response", low=0.0, low_open=True, high=1.0, high_open=True),
+        Param("ref_rejected", "float", 0.12, "reference probability pi_0- of the rejected response; the path starts here", low=0.0, low_open=True, high=1.0, high_open=True),
+        Param("pi_rejected_end", "float", 1e-12, "the path ends at pi- = this value", low=1e-300, high=1.0, high_open=True),
+        Param("n_points", "int", 200, "points on the path (log-spaced in pi-)", low=10, high=100000),
+    ],
+))
 
 # ------------------------------------------------------------------------------------------------
 # Part 1 - Theory: gradient fields  ([3/7])
 # ------------------------------------------------------------------------------------------------
+register(Chapter(
+    id="gradient-fields",
+    title="Loss landscapes and gradient fields",
+    part="1 Theory",
+    params=[
+        Param("losses", "list[str]", ["dpo", "flex_dpo", "sft_dpo", "ipo", "slic", "dpop", "nbdpo", "bdpo", "reward_model"],
+              "losses drawn as small multiples (reward_model in reward coordinates); all but reward_model are also flowed, DPO always",
+              choices=["dpo", "flex_dpo", "sft_dpo", "ipo", "slic", "dpop", "nbdpo", "nbdpo_v2", "bdpo", "reward_model"]),
+        Param("beta", "float", 0.1, "β of every loss that has one (dpo, sft_dpo, ipo, dpop, nbdpo, nbdpo_v2, bdpo); 002 Fig. 1 uses it for DPO", low=0.0, low_open=True, high=100.0),
+        Param("beta_chosen", "float", 0.1, "flex-β DPO: β+ on the chosen log-ratio (000 App. B.2.1)", low=0.0, low_open=True, high=100.0),
+        Param("beta_rejected", "float", 0.01, "flex-β DPO: β− on the rejected log-ratio (000 App. B.2.1)", low=0.0, low_open=True, high=100.0),
+        Param("gamma", "float", 0.1, "SFT-DPO: weight γ of the SFT term −log π+ (000 eq. 7)", low=0.0, high=100.0),
+        Param("slic_delta", "float", 5.0, "SLiC: hinge margin δ (000 eq. 11)", low=0.0, high=1000.0),
+        Param("slic_eta", "float", 0.1, "SLiC: weight η of the SFT term −log π+ (000 eq. 11)", low=0.0, high=100.0),
+        Param("dpop_lambda", "float", 50.0, "DPOP: penalty weight λ on max(0, log π0+ − log π+) (Pal et al. 2024)", low=0.0, high=10000.0),
+        Param("nbdpo_clip", "float", 0.5, "nbDPO (and v2): Δλ_max of 004 eq. 26", low=0.0, high=100.0),
+        Param("nbdpo_symmetric", "bool", False, "nbDPO (and v2): symmetric clipping of λ (004 Sec. 5.1)"),
+        Param("ref_chosen", "float", 1.0, "reference probability π_ref(a+); 002 footnote 2 sets both to 1", low=0.0, low_open=True, high=1.0),
+        Param("ref_rejected", "float", 1.0, "reference probability π_ref(a−)", low=0.0, low_open=True, high=1.0),
+        Param("flow_reference", "str", "fixed", "reference of the flows: fixed (ref_chosen, ref_rejected) or start (π_ref = the start, as when the SFT model is the reference)", choices=["fixed", "start"]),
+        Param("grid_size", "int", 101, "grid points per axis of the landscapes and gradient fields", low=11, high=1001),
+        Param("start_low", "float", 0.05, "the low probability of the four corner starts (low/high π+ × low/high π−)", low=0.0, low_open=True, high=0.5, high_open=True),
+        Param("start_high", "float", 0.45, "the high probability of the corner starts (below 1/2, so every start lies inside the simplex)", low=0.0, low_open=True, high=0.5, high_open=True),
+        Param("n_steps", "int", 2000, "gradient-flow steps per start", low=1, high=100000),
+        Param("method", "str", "euler", "flow integrator with fixed steps: explicit Euler (= gradient descent) or classical RK4", choices=["euler", "rk4"]),
+        Param("lr_box", "float", 0.01, "step size of the unconstrained flow in (π+, π−), clamped to the box", low=0.0, low_open=True, high=10.0),
+        Param("lr_simplex", "float", 0.1, "step size of the flow on the logits of softmax([chosen, rejected, rest])", low=0.0, low_open=True, high=100.0),
+        Param("target_chosen", "float", 0.9, "region statistic: steps until π+ ≥ target_chosen", low=0.0, low_open=True, high=1.0),
+        Param("target_rejected", "float", 0.01, "region statistic: steps until π− ≤ target_rejected", low=0.0, low_open=True, high=1.0),
+    ],
+))
+
 
 # ------------------------------------------------------------------------------------------------
 # Part 2 - Toy model  ([4/7])
 # ------------------------------------------------------------------------------------------------
+def toy_params(*, hidden: bool = True) -> list[Param]:
+    """The run parameters every toy chapter shares (seeds, optimiser, batch, width, device), in this order.
+
+    Declared once so that ``seed``, ``n_seeds``, ``steps``, ... mean and validate the same in every toy
+    chapter; a chapter appends its own parameters after these.
+    """
+    params = [
+        Param("seed", "int", 0, "first seed; the members use seeds seed, seed+1, ..., seed+n_seeds-1", low=0, high=2**31 - 1),
+        Param("n_seeds", "int", 32, "seeds (members) per configuration; means and 95% intervals are over them", low=2, high=4096),
+        Param("steps", "int", 1000, "optimiser (Adam) updates of every training run", low=1, high=100000),
+        Param("lr", "float", 1e-3, "Adam learning rate of every training run", low=0.0, low_open=True, high=1.0),
+        Param("pairs_per_prompt", "int", 4, "preference pairs per prompt and step (rejected drawn from the rejected block)", low=1, high=1024),
+    ]
+    if hidden:
+        params.append(Param("hidden", "int", 64, "hidden width of the three-layer MLP of 000 Sec. 3.2.1", low=1, high=4096))
+    params.append(Param("device", "str", "auto", "where to train: auto (CUDA when available), cpu or cuda", choices=["auto", "cpu", "cuda"]))
+    return params
+
+
+register(Chapter(
+    id="toy-3d",
+    title="The 3D-properties in a toy model",
+    part="2 Toy model",
+    params=toy_params() + [
+        Param("beta", "float", 0.1, "β of DPO (000 eq. 5)", low=0.0, low_open=True, high=100.0),
+        Param("p_init", "float", 0.12, "initial probability of every chosen-block and rejected response (000 Sec. 3.2.2: 0.12); the unseen responses share the rest", low=0.0, low_open=True, high=0.125, high_open=True),
+    ],
+))
+
+register(Chapter(
+    id="toy-scenarios",
+    title="On-policy and off-policy preference data",
+    part="2 Toy model",
+    params=toy_params() + [
+        Param("beta", "float", 0.1, "β of DPO (000 eq. 5)", low=0.0, low_open=True, high=100.0),
+        Param("p_on", "float", 0.12, "initial probability of an on-policy response (per response)", low=0.0, low_open=True, high=0.125, high_open=True),
+        Param("p_off", "float", 0.01, "initial probability of an off-policy response (per response)", low=0.0, low_open=True, high=0.125, high_open=True),
+        Param("sweep_rejected", "list[float]", [0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.12], "Proposition 1 sweep: initial probability of each rejected response", low=0.0, low_open=True, high=0.125, high_open=True),
+        Param("sweep_chosen", "list[float]", [0.02, 0.12], "Proposition 1 sweep: initial probability of each chosen-block response", low=0.0, low_open=True, high=0.125, high_open=True),
+    ],
+))
+
+register(Chapter(
+    id="toy-regularisers",
+    title="Regularisers and variants",
+    part="2 Toy model",
+    params=toy_params() + [
+        Param("p_init", "float", 0.12, "initial probability of every chosen-block and rejected response (as in toy-3d)", low=0.0, low_open=True, high=0.125, high_open=True),
+        Param("beta_rejected", "list[float]", [0.1, 0.05, 0.02, 0.01, 0.005], "flex-β DPO: the β− values swept with β+ = 0.1 (000 App. B.2.1, Fig. 9)", low=0.0, low_open=True, high=100.0),
+        Param("gamma", "list[float]", [0.01, 0.1, 1.0], "SFT-DPO: the γ values swept (000 eq. 7)", low=0.0, high=100.0),
+        Param("drop_orders", "float", 2.0, "Drastic drop present when π(rejected) fell by at least this many orders of magnitude", low=0.0, low_open=True, high=100.0),
+        Param("degradation_threshold", "float", 0.05, "Degradation present when π(chosen) ends at least this fraction below its peak", low=0.0, low_open=True, high=1.0),
+        Param("dispersion_threshold", "float", 0.05, "Dispersion present when the mass on responses never paired with the prompt grew by at least this much", low=0.0, low_open=True, high=1.0),
+    ],
+))
 
 # ------------------------------------------------------------------------------------------------
 # Part 2 - Toy model: RLHF  ([4/7]-rlhf)
 # ------------------------------------------------------------------------------------------------
+register(Chapter(
+    id="toy-rlhf",
+    title="RLHF with a reward model",
+    part="2 Toy model",
+    params=toy_params(hidden=False) + [
+        Param("beta", "float", 0.1, "β of DPO (000 eq. 5) and of the KL penalty of RLHF (000 eq. 4)", low=0.0, low_open=True, high=100.0),
+        Param("rm_kind", "str", "mlp", "reward model: the MLP of 000 Sec. 3.2.1 or a free table r(x, a); the other kind is shown as the contrast", choices=["mlp", "tabular"]),
+        Param("samples", "int", 16, "PPO: responses sampled per prompt and member in each rollout", low=2, high=4096),
+        Param("epochs", "int", 4, "PPO: optimiser updates per rollout", low=1, high=100),
+        Param("clip", "float", 0.2, "PPO: clip range ε of the ratio", low=0.0, low_open=True, high=10.0),
+        Param("baseline", "str", "loo", "PPO: baseline subtracted from the KL-shaped reward", choices=["loo", "exact", "none"]),
+        Param("sweep_betas", "list[float]", [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], "β values of the closed-form optimum π0·exp(r/β)/Z plotted for the trained reward models", low=0.0, low_open=True, high=1000.0),
+    ],
+))

@@ -1,0 +1,1207 @@
+"""The papers' printed gradient equations, transcribed exactly as printed, and the errata.
+
+This module is the "printed equations" leg of the book's three-way check of the loss zoo (issue [2/7]):
+
+1. :mod:`prefdyn.symbolic` derives every gradient with sympy from the loss definitions;
+2. **here** every gradient formula the three seed papers print is transcribed *as printed* (slips included)
+   as a sympy expression, with its source, and compared with the derivation;
+3. the torch losses of :mod:`prefdyn.losses` are compared with both (``tests/test_symbolic.py``,
+   ``tests/test_printed.py``).
+
+Seed papers are quoted by their file number in ``shared/seeds``: 000 (Yan et al., "3D-Properties"),
+002 (Feng et al., "Towards analyzing and understanding the limitations of DPO"), 004 (Ma et al., "Gradient
+imbalance in DPO").
+
+Contents
+--------
+- :data:`PRINTED`: every printed equation that is **right**, as a :class:`Printed` (key, source, the printed
+  sympy expression, and a function that returns the independent derivation);
+- :data:`ERRATA`: every printed equation that is **wrong**, as an :class:`Erratum` (paper, equation, kind,
+  printed form, corrected form, one-line explanation, and :meth:`Erratum.check`, which evaluates the printed
+  form, the corrected form and the derivation at a numeric point);
+- :data:`NOTES`: printed claims (not equations) that hold only under a condition the paper does not state,
+  each with the numbers that show it;
+- :func:`comparison_table`: the chapter's table of all losses (gradient ratio, does dl/dpi+ vanish as
+  pi- -> 0, balanced in log space?), computed from :mod:`prefdyn.symbolic`;
+- :func:`latex`: LaTeX of an expression with the book's symbol names.
+
+Conventions
+-----------
+Probabilities are sequence probabilities: ``pi^+ = pi(a+|x)`` (chosen, 004's ``pi(y_w|x)``), ``pi^- =
+pi(a-|x)`` (rejected, 004's ``pi(y_l|x)``), and ``pi_0^+``, ``pi_0^-`` the reference model's (004's
+``pi_ref``). 002 works in ``x1 = pi^+/pi_0^+`` and ``x2 = pi^-/pi_0^-``. 000's IPO parameter ``eta`` is the
+loss zoo's ``beta`` (as in TRL); 000's flex-beta ``beta^+``, ``beta^-`` are ``beta_chosen``,
+``beta_rejected``. Where a printed equation is a limit ("->" as ``pi^- -> 0``), the entry says so
+(``limit``), and the comparison is of the leading-order term: ``exact / printed -> 1``.
+
+Derivations of things that are not losses of the zoo (the softmax Jacobian, 004 Theorem 1's logit update
+``Delta s_i`` of one gradient step, the token-level gradients of 000 App. B.1) are done here, by sympy
+differentiation of the model the paper states; derivations of the zoo's losses come from
+:mod:`prefdyn.symbolic` (the one independent sympy derivation), mapped onto this module's symbols.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Mapping, Sequence
+
+import sympy as sp
+
+__all__ = [
+    "relative_error",
+    "Printed",
+    "Erratum",
+    "PRINTED",
+    "ERRATA",
+    "PRINTED_BY_KEY",
+    "ERRATA_BY_ID",
+    "SYMBOLS",
+    "DOMAINS",
+    "latex",
+    "evaluate",
+    "random_points",
+    "comparison_table",
+    "gradient_path",
+    "gradients",
+    "derived",
+    "loss_params",
+    "loss_markdown",
+    "table_text",
+    "erratum_markdown",
+    "errata_text",
+    "Note",
+    "NOTES",
+    "note_markdown",
+    "plot_gradient_paths",
+]
+
+# ============================================================================ symbols
+PI_P, PI_M = sp.symbols("pi^+ pi^-", positive=True)          # policy probabilities pi(a+|x), pi(a-|x)
+REF_P, REF_M = sp.symbols("pi_0^+ pi_0^-", positive=True)    # reference probabilities pi_0(a+|x), pi_0(a-|x)
+BETA = sp.Symbol("beta", positive=True)
+BETA_P, BETA_M = sp.symbols("beta^+ beta^-", positive=True)  # flex-beta DPO (000 App. B.2.1)
+GAMMA = sp.Symbol("gamma", positive=True)                    # SFT weight (000 eq. 7); 004: gamma = eta g^2
+ETA = sp.Symbol("eta", positive=True)                        # IPO's eta (000 eq. 8) / SLiC's eta (000 eq. 11)
+DELTA = sp.Symbol("delta", positive=True)                    # SLiC margin (000 eq. 11)
+X1, X2 = sp.symbols("x_1 x_2", positive=True)                # 002: x1 = pi+/pi0+, x2 = pi-/pi0-
+R_P, R_M = sp.symbols("r^+ r^-", real=True)                  # reward-model scores (000 Sec. 4)
+# 000 App. B.1, token level: position i of the chosen / rejected sequence, sampled token c, another token c',
+# and one more logit standing for the rest of the vocabulary; pi_{-i} is the product over the other positions.
+XC_P, XD_P, XO_P = sp.symbols("xc^+ xd^+ xo^+", real=True)
+XC_M, XD_M, XO_M = sp.symbols("xc^- xd^- xo^-", real=True)
+REST_P, REST_M = sp.symbols("rest^+ rest^-", positive=True)
+# 004 Sec. 3-4: a softmax over three responses with logits s1, s2, s3; the pair is (i, j) = (1, 2).
+S1, S2, S3 = sp.symbols("s_1 s_2 s_3", real=True)
+REF1, REF2 = sp.symbols("pi_ref1 pi_ref2", positive=True)
+TAU = sp.Symbol("tau", real=True)                             # +1: y_i preferred, -1: y_j preferred
+LR = sp.Symbol("eta_lr", positive=True)                       # 004's learning rate eta
+G = sp.Symbol("g", positive=True)                             # 004 Assumption 1: |ds_i/dtheta| = g
+CB = sp.Symbol("C", positive=True)                            # 004 eq. 11: the constant of a balanced loss
+LAMC = sp.Symbol("lambda_c", positive=True)                   # 004 App. C: lambda = -E[c_ij]
+W1, W2, W3 = sp.symbols("w_1 w_2 w_3", real=True)             # 004 Theorem 2: w_i
+LAM = sp.Symbol("lambda", positive=True)                      # 004 eq. 25-27: the nbDPO weight
+PW_DET = sp.Symbol("pi^+_det", positive=True)                 # 004 eq. 25: pi_theta^detached(y_w|x)
+CLIP_S = sp.Symbol(r"\Delta\lambda_{\max}", nonnegative=True)  # 004 eq. 26 (= symbolic.CLIP, the zoo's clip)
+DLMIN_S = sp.Symbol(r"\Delta\lambda_{\min}", nonpositive=True)  # 004 eq. 26 (= symbolic.DLMIN)
+R1, R2, R3 = sp.symbols("r_1 r_2 r_3", real=True)             # 004 eq. 4-5: rewards of three responses
+Q1, Q2, Q3 = sp.symbols("q_1 q_2 q_3", positive=True)         # 004 eq. 4-5: policy probabilities
+QREF1, QREF2, QREF3 = sp.symbols("q_ref1 q_ref2 q_ref3", positive=True)
+
+SYMBOLS: dict[str, sp.Symbol] = {
+    s.name: s for s in (PI_P, PI_M, REF_P, REF_M, BETA, BETA_P, BETA_M, GAMMA, ETA, DELTA, X1, X2, R_P, R_M,
+                        XC_P, XD_P, XO_P, XC_M, XD_M, XO_M, REST_P, REST_M, S1, S2, S3, REF1, REF2, TAU, LR,
+                        G, CB, LAMC, W1, W2, W3, LAM, PW_DET, R1, R2, R3, Q1, Q2, Q3, QREF1, QREF2, QREF3)
+}
+
+#: LaTeX names where sympy's default would not read like the papers.
+LATEX_NAMES: dict[sp.Symbol, str] = {
+    XC_P: r"x^{+}_{i,c}", XD_P: r"x^{+}_{i,c'}", XO_P: r"x^{+}_{i,o}",
+    XC_M: r"x^{-}_{i,c}", XD_M: r"x^{-}_{i,c'}", XO_M: r"x^{-}_{i,o}",
+    REST_P: r"\pi^{+}_{-i}", REST_M: r"\pi^{-}_{-i}",
+    REF1: r"\pi_{\mathrm{ref}}(y_i)", REF2: r"\pi_{\mathrm{ref}}(y_j)",
+    LR: r"\eta", LAMC: r"\lambda", PW_DET: r"\pi_\theta^{\mathrm{det}}(y_w)",
+    Q1: r"\pi_1", Q2: r"\pi_2", Q3: r"\pi_3",
+    QREF1: r"\pi_{\mathrm{ref},1}", QREF2: r"\pi_{\mathrm{ref},2}", QREF3: r"\pi_{\mathrm{ref},3}",
+    S1: r"s_i", S2: r"s_j", S3: r"s_k",
+}
+
+
+def latex(expr: Any) -> str:
+    """LaTeX of a sympy expression with the book's symbol names (e.g. ``\\pi^{+}_{0}``)."""
+    return sp.latex(expr, symbol_names=LATEX_NAMES)
+
+
+#: Where random test points are drawn, per symbol: ("log", lo, hi) log-uniform, ("lin", lo, hi) uniform,
+#: ("choice", values).
+DOMAINS: dict[sp.Symbol, tuple] = {
+    PI_P: ("log", 1e-3, 0.95), PI_M: ("log", 1e-3, 0.95), REF_P: ("log", 1e-3, 0.95), REF_M: ("log", 1e-3, 0.95),
+    BETA: ("log", 0.02, 3.0), BETA_P: ("log", 0.02, 3.0), BETA_M: ("log", 0.02, 3.0),
+    GAMMA: ("log", 0.01, 2.0), ETA: ("log", 0.01, 2.0), DELTA: ("lin", 0.1, 8.0),
+    X1: ("log", 0.01, 20.0), X2: ("log", 0.01, 20.0), R_P: ("lin", -6.0, 6.0), R_M: ("lin", -6.0, 6.0),
+    XC_P: ("lin", -3.0, 3.0), XD_P: ("lin", -3.0, 3.0), XO_P: ("lin", -3.0, 3.0),
+    XC_M: ("lin", -3.0, 3.0), XD_M: ("lin", -3.0, 3.0), XO_M: ("lin", -3.0, 3.0),
+    REST_P: ("log", 1e-3, 1.0), REST_M: ("log", 1e-3, 1.0),
+    S1: ("lin", -3.0, 3.0), S2: ("lin", -3.0, 3.0), S3: ("lin", -3.0, 3.0),
+    REF1: ("log", 1e-2, 0.9), REF2: ("log", 1e-2, 0.9), TAU: ("choice", (-1, 1)), LR: ("log", 1e-3, 0.1),
+    G: ("log", 0.3, 3.0), CB: ("log", 0.3, 3.0), LAMC: ("lin", 0.05, 0.5),
+    W1: ("lin", -2.0, 2.0), W2: ("lin", -2.0, 2.0), W3: ("lin", -2.0, 2.0), LAM: ("lin", 1.0, 1.5),
+    PW_DET: ("log", 1e-3, 0.95), CLIP_S: ("lin", 0.0, 1.0), DLMIN_S: ("lin", -0.5, 0.0),
+    R1: ("lin", -3.0, 3.0), R2: ("lin", -3.0, 3.0), R3: ("lin", -3.0, 3.0),
+    Q1: ("log", 0.05, 0.9), Q2: ("log", 0.05, 0.9), Q3: ("log", 0.05, 0.9),
+    QREF1: ("log", 0.05, 0.9), QREF2: ("log", 0.05, 0.9), QREF3: ("log", 0.05, 0.9),
+}
+
+
+def sigma(u: sp.Expr) -> sp.Expr:
+    """The logistic sigmoid ``1 / (1 + exp(-u))``."""
+    return 1 / (1 + sp.exp(-u))
+
+
+#: An unevaluated sigma(u) for display (the printed forms read like the papers); :func:`expand_sigma`
+#: turns it into :func:`sigma` before anything is evaluated or simplified.
+SIG = sp.Function("sigma")
+
+
+def expand_sigma(expr: sp.Expr) -> sp.Expr:
+    """Replace every display ``SIG(u)`` by ``1 / (1 + exp(-u))``."""
+    return sp.sympify(expr).replace(SIG, lambda u: sigma(u))
+
+
+# ============================================================================ evaluation helpers
+def _n(expr: sp.Expr, point: Mapping[sp.Symbol, Any], digits: int = 40) -> sp.Expr:
+    """``expr`` at ``point`` as a sympy Float of ``digits`` digits (mpmath; no float under/overflow)."""
+    subs = {k: sp.Float(v, digits + 10) if not isinstance(v, int) else sp.Integer(v) for k, v in point.items()}
+    val = sp.N(sp.sympify(expr).subs(subs), digits)
+    if not val.is_real or not val.is_finite:
+        raise ValueError(f"expression is not a finite real number at this point: {val}")
+    return val
+
+
+def evaluate(expr: sp.Expr, point: Mapping[sp.Symbol, Any], digits: int = 40) -> float:
+    """``expr`` at ``point`` in ``digits``-digit arithmetic (mpmath), returned as a float.
+
+    High precision so that points deep in a limit (``pi^- = 1e-200``) and cancellations are exact to double
+    precision. Raises ``ValueError`` if the value is not a finite real number.
+    """
+    out = float(_n(expr, point, digits))
+    if not math.isfinite(out):
+        raise ValueError(f"expression overflows a float at this point: {expr}")
+    return out
+
+
+def relative_error(a: sp.Expr, b: sp.Expr, point: Mapping[sp.Symbol, Any]) -> float:
+    """``|a - b| / |b|`` at ``point`` in high precision (``|a|`` if ``b`` is exactly 0)."""
+    va, vb = _n(a, point), _n(b, point)
+    if vb == 0:
+        return float(abs(va))
+    return float(abs(va - vb) / abs(vb))
+
+
+#: The value a limit variable takes in numeric checks of leading-order forms (deep enough that
+#: (pi^-)^0.02 ~ 1e-60 is negligible next to 1).
+LIMIT_POINT = sp.Float("1e-3000", 50)
+
+
+def _draw(spec: tuple, rng: random.Random) -> Any:
+    kind = spec[0]
+    if kind == "log":
+        return math.exp(rng.uniform(math.log(spec[1]), math.log(spec[2])))
+    if kind == "lin":
+        return rng.uniform(spec[1], spec[2])
+    if kind == "choice":
+        return rng.choice(spec[1])
+    raise ValueError(f"unknown domain kind {kind!r}")
+
+
+def random_points(symbols: Sequence[sp.Symbol], n: int, seed: int = 0,
+                  condition: Callable[[dict], bool] | None = None,
+                  domains: Mapping[sp.Symbol, tuple] | None = None) -> list[dict]:
+    """``n`` random points (dicts symbol -> number) over ``DOMAINS`` (or ``domains``), seeded.
+
+    ``condition(point) -> bool`` rejects points (e.g. one branch of SLiC's hinge); at most 200 n draws.
+    """
+    if n < 1:
+        raise ValueError(f"random_points: n must be >= 1 (got {n})")
+    doms = dict(DOMAINS)
+    if domains:
+        doms.update(domains)
+    rng = random.Random(seed)
+    out: list[dict] = []
+    syms = sorted(set(symbols), key=lambda s: s.name)
+    for _ in range(200 * n):
+        pt = {s: _draw(doms[s], rng) for s in syms}
+        if condition is None or condition(pt):
+            out.append(pt)
+            if len(out) == n:
+                return out
+    raise ValueError(f"random_points: only {len(out)} of {n} points satisfy the condition")
+
+
+# ============================================================================ the derivation side
+def _symbolic():
+    from . import symbolic  # imported lazily: printed.py is importable without it
+
+    return symbolic
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """The light derivation of one loss in this module's symbols (see :func:`gradients`)."""
+
+    name: str
+    loss: sp.Expr          # the loss value (detached quantities substituted)
+    d_pi_plus: sp.Expr     # dl/dpi+
+    d_pi_minus: sp.Expr    # dl/dpi-
+    d_logp_plus: sp.Expr   # dl/dlog pi+ = pi+ dl/dpi+
+    d_logp_minus: sp.Expr  # dl/dlog pi-
+    ratio: sp.Expr         # (dl/dpi-) / (dl/dpi+), the direction of 000 Cor. 1
+    balanced_log: bool     # dl/dlog pi+ + dl/dlog pi- == 0 identically
+    loss_sg: sp.Expr       # the loss with the detached quantities as symbols sg[...]
+    stop_gradient: dict    # sg symbol -> its value
+    d_pi_plus_sg: sp.Expr  # dl/dpi+ with the detached quantities still as symbols (for display)
+    d_pi_minus_sg: sp.Expr
+
+
+@lru_cache(maxsize=None)
+def gradients(name: str) -> Gradients:
+    """Gradients of loss ``name`` differentiated from :mod:`prefdyn.symbolic`'s loss definition.
+
+    The loss (with its stop-gradient symbols, ``symbolic.loss_expr(name, stop_gradient=True)``) is the one
+    ``symbolic.derive`` differentiates; here only the first derivatives are taken, in this module's
+    symbols (``derive`` also computes leading orders and token-level gradients), and a test checks that
+    both agree.
+    Detached quantities (nbDPO's lambda and correction term, bDPO's lambda_w) are constants while
+    differentiating and substituted afterwards, as in :mod:`prefdyn.losses`. Symbols are this module's.
+    """
+    S = _symbolic()
+    expr_sg, sg = S.loss_expr(name, stop_gradient=True), S.stop_gradient_values(name)
+    rep = {S.PI_C: PI_P, S.PI_R: PI_M, S.REF_C: REF_P, S.REF_R: REF_M, S.BETA: BETA, S.BETA_C: BETA_P,
+           S.BETA_R: BETA_M, S.GAMMA: GAMMA, S.DELTA: DELTA, S.ETA: ETA}
+    gc_sg, gr_sg = sp.diff(expr_sg, S.PI_C), sp.diff(expr_sg, S.PI_R)
+    balanced = sp.simplify(sp.expand(S.PI_C * gc_sg + S.PI_R * gr_sg)) == 0
+
+    def fin(e: sp.Expr) -> sp.Expr:
+        return S.heaviside0(e.subs(sg)).xreplace(rep)
+
+    gc, gr = fin(gc_sg), fin(gr_sg)
+    ratio = fin(sp.simplify(S.heaviside0(gr_sg) / S.heaviside0(gc_sg)))
+    return Gradients(name=name, loss=fin(expr_sg), d_pi_plus=gc, d_pi_minus=gr, d_logp_plus=PI_P * gc,
+                     d_logp_minus=PI_M * gr, ratio=ratio, balanced_log=bool(balanced),
+                     loss_sg=expr_sg.xreplace(rep), stop_gradient={k: v.xreplace(rep) for k, v in sg.items()},
+                     d_pi_plus_sg=S.heaviside0(gc_sg).xreplace(rep), d_pi_minus_sg=S.heaviside0(gr_sg).xreplace(rep))
+
+
+_WHAT = ("loss", "d_pi_plus", "d_pi_minus", "ratio", "d_logp_plus", "d_logp_minus")
+
+
+def derived(name: str, what: str, **params: sp.Symbol) -> sp.Expr:
+    """One derived quantity of loss ``name`` (:func:`gradients`), in this module's symbols.
+
+    ``what`` is one of ``"loss"``, ``"d_pi_plus"``, ``"d_pi_minus"``, ``"ratio"`` ((dl/dpi-)/(dl/dpi+)),
+    ``"d_logp_plus"``, ``"d_logp_minus"``. ``params`` renames a loss parameter to a paper's symbol, e.g.
+    ``derived("ipo", "loss", beta=ETA)`` (000's IPO eta is the zoo's beta).
+    """
+    if what not in _WHAT:
+        raise ValueError(f"what must be one of {', '.join(_WHAT)} (got {what!r})")
+    S = _symbolic()
+    expr = getattr(gradients(name), what)
+    if params:
+        rep = {}
+        for pname, sym in params.items():
+            mine = {"beta": BETA, "beta_chosen": BETA_P, "beta_rejected": BETA_M, "gamma": GAMMA,
+                    "delta": DELTA, "eta": ETA}.get(pname, S.PARAM_SYMBOLS[name][pname])
+            rep[mine] = sym
+        expr = expr.xreplace(rep)
+    return expr
+
+
+# ============================================================================ the containers
+@dataclass(frozen=True)
+class Printed:
+    """One printed equation that is right.
+
+    ``printed`` is the expression exactly as printed (in this module's symbols); ``reference()`` returns the
+    independent derivation of the same quantity. ``limit = (symbol, 0)`` marks a printed leading-order form
+    ("-> as symbol -> 0"): then ``reference() / printed -> 1`` is what is checked. ``condition`` restricts
+    random test points (e.g. one branch of SLiC's hinge); ``branch`` is a substitution applied to the
+    reference before simplifying (e.g. the active branch of a ``Max``).
+    """
+
+    key: str
+    source: str
+    what: str
+    printed: sp.Expr
+    reference: Callable[[], sp.Expr]
+    limit: tuple | None = None
+    condition: Callable[[dict], bool] | None = None
+    branch: Callable[[sp.Expr], sp.Expr] | None = None
+    domains: dict = field(default_factory=dict)
+    note: str = ""
+
+    def reference_expr(self) -> sp.Expr:
+        ref = self.reference()
+        return self.branch(ref) if self.branch is not None else ref
+
+    @property
+    def symbols(self) -> list[sp.Symbol]:
+        syms = self.printed.free_symbols | self.reference().free_symbols
+        return sorted(syms, key=lambda s: s.name)
+
+    def symbolic_difference(self) -> sp.Expr:
+        """0 when the print is right: ``simplify(printed - reference)``, or for a limit
+        ``limit(reference / printed) - 1``."""
+        ref = self.reference_expr()
+        if self.limit is None:
+            return _simplify_zero(self.printed - ref)
+        var, at = self.limit
+        return sp.simplify(sp.limit(sp.simplify(ref / self.printed), var, at, "+") - 1)
+
+    def numeric_points(self, n: int = 8, seed: int = 0) -> list[dict]:
+        pts = random_points(self.symbols, n, seed=seed, condition=self.condition, domains=self.domains)
+        if self.limit is not None:
+            var, _ = self.limit
+            for p in pts:
+                p[var] = LIMIT_POINT
+        return pts
+
+    def max_relative_error(self, n: int = 8, seed: int = 0) -> float:
+        """Largest :func:`relative_error` of the printed form against the reference over ``n`` random points
+        (a limit form: at ``symbol = LIMIT_POINT``)."""
+        ref = self.reference_expr()
+        return max(relative_error(self.printed, ref, p) for p in self.numeric_points(n, seed))
+
+
+@dataclass(frozen=True)
+class Erratum:
+    """One printed equation that is wrong.
+
+    ``printed`` is the expression as printed, ``corrected`` the corrected form, ``reference()`` the
+    derivation the corrected form must agree with (for a leading-order statement, ``limit = (symbol, 0)``:
+    the exact expression, which the corrected form matches as ``symbol -> 0``). ``point`` is the numeric
+    point :meth:`check` uses by default (chosen so the printed expression is real and finite).
+    """
+
+    id: str
+    paper: str
+    where: str
+    kind: str
+    quantity: str
+    printed: sp.Expr
+    corrected: sp.Expr
+    explanation: str
+    reference: Callable[[], sp.Expr]
+    point: Mapping[sp.Symbol, Any]
+    limit: tuple | None = None
+    branch: Callable[[sp.Expr], sp.Expr] | None = None
+    definitions: Mapping[sp.Symbol, sp.Expr] | Callable[[], Mapping[sp.Symbol, sp.Expr]] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return f"{self.paper} {self.where}"
+
+    def reference_expr(self) -> sp.Expr:
+        ref = self.reference()
+        return self.branch(ref) if self.branch is not None else ref
+
+    def check(self, point: Mapping[sp.Symbol, Any] | None = None) -> dict[str, Any]:
+        """Evaluate printed form, corrected form and derivation at ``point`` (default :attr:`point`).
+
+        Returns ``{"point": {name: value}, "printed": p, "corrected": c, "derivation": d,
+        "printed_rel_err": |p-d|/|d|, "corrected_rel_err": |c-d|/|d|}``, the last two computed with
+        high precision (:func:`relative_error`).
+        """
+        pt = dict(self.point if point is None else point)
+        pe, ce, ref = self.printed_value_expr(), self.corrected_value_expr(), self.reference_expr()
+        return {
+            "point": {_plain_name(k): _plain_value(v) for k, v in sorted(pt.items(), key=lambda kv: kv[0].name)},
+            "printed": float(_n(pe, pt)),
+            "corrected": float(_n(ce, pt)),
+            "derivation": float(_n(ref, pt)),
+            "printed_rel_err": relative_error(pe, ref, pt),
+            "corrected_rel_err": relative_error(ce, ref, pt),
+        }
+
+    def printed_value_expr(self) -> sp.Expr:
+        """The printed form with the display symbols (:attr:`definitions`) replaced by their values."""
+        return expand_sigma(self.printed.xreplace(self._definitions()))
+
+    def corrected_value_expr(self) -> sp.Expr:
+        return expand_sigma(self.corrected.xreplace(self._definitions()))
+
+    def _definitions(self) -> dict:
+        d = self.definitions() if callable(self.definitions) else self.definitions
+        return dict(d)
+
+    def symbolic_corrected_difference(self) -> sp.Expr:
+        """0 when the corrected form equals the derivation (for a limit: ``limit(ref/corrected) - 1``)."""
+        ref = self.reference_expr()
+        corr = self.corrected_value_expr()
+        if self.limit is None:
+            return _simplify_zero(corr - ref)
+        var, at = self.limit
+        return sp.simplify(sp.limit(sp.simplify(ref / corr), var, at, "+") - 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The erratum as JSON-able text (LaTeX of the forms) plus its numeric check."""
+        return {
+            "id": self.id,
+            "paper": self.paper,
+            "where": self.where,
+            "kind": self.kind,
+            "quantity": self.quantity,
+            "printed": latex(self.printed),
+            "corrected": latex(self.corrected),
+            "explanation": self.explanation,
+            "check": self.check(),
+        }
+
+
+def _plain_name(s: sp.Symbol) -> str:
+    return s.name
+
+
+def _plain_value(v: Any) -> Any:
+    """A JSON-able number: a float, or the text of a value a float cannot hold (e.g. 1e-3000)."""
+    if isinstance(v, (int, bool)):
+        return v
+    f = float(v)
+    return f if (f != 0.0 or v == 0) else str(sp.Float(v, 5))
+
+
+def _simplify_zero(expr: sp.Expr) -> sp.Expr:
+    """Simplify an expression expected to be 0; tries a few rewritings (logs and powers of positive
+    symbols expanded) and returns the first that gives 0, else the last result."""
+    tries = (
+        lambda e: sp.simplify(e),
+        lambda e: sp.simplify(sp.expand_log(sp.expand_power_base(e, force=True), force=True)),
+        lambda e: sp.simplify(sp.together(sp.expand(sp.powsimp(sp.expand_log(e, force=True), force=True)))),
+        lambda e: sp.simplify(e.rewrite(sp.exp)),
+    )
+    out = expr
+    for t in tries:
+        out = t(expr)
+        if out == 0:
+            return out
+    return out
+
+
+# ============================================================================ models the papers state
+def _softmax3(a: sp.Expr, b: sp.Expr, c: sp.Expr) -> tuple[sp.Expr, sp.Expr, sp.Expr]:
+    den = sp.exp(a) + sp.exp(b) + sp.exp(c)
+    return sp.exp(a) / den, sp.exp(b) / den, sp.exp(c) / den
+
+
+# 000 Sec. 3.1: alpha = (pi0+/pi0-)^beta, z = pi-/pi+ (as printed).
+ALPHA_000 = (REF_P / REF_M) ** BETA
+Z_000 = PI_M / PI_P
+# 000 App. B.2.1 (flex-beta): alpha = pi0+^beta+ / pi0-^beta-, z = pi-^beta- / pi+^beta+ (as printed).
+ALPHA_FLEX = REF_P ** BETA_P / REF_M ** BETA_M
+Z_FLEX = PI_M ** BETA_M / PI_P ** BETA_P
+
+# 000 App. B.1, token level: position i of each sequence is a softmax over three tokens (the sampled token
+# c, another token c', and one logit for the rest of the vocabulary); pi = pi_{-i} * pi_i.
+TOK_P = _softmax3(XC_P, XD_P, XO_P)           # (pi^+_{i,c}, pi^+_{i,c'}, pi^+_{i,o})
+TOK_M = _softmax3(XC_M, XD_M, XO_M)
+SEQ_P = REST_P * TOK_P[0]                     # pi^+ as a function of the logits at position i
+SEQ_M = REST_M * TOK_M[0]
+# flex-beta DPO' of 000 App. B.1/B.2.1 as a function of those logits (B.1 writes beta+, beta- and l^{DPO'}).
+LOSS_TOKEN = sp.log(1 + ALPHA_FLEX * SEQ_P ** (-BETA_P) * SEQ_M ** BETA_M)
+# 000 App. B.1: C(pi+, pi-) := alpha beta+ (pi+)^{-beta+} (pi-)^{beta-} (as printed), at the model's pi+-.
+C_TOKEN = ALPHA_FLEX * BETA_P * SEQ_P ** (-BETA_P) * SEQ_M ** BETA_M
+
+# 000 Sec. 4: the reward-model loss -log sigma(r+ - r-) (the derivation's starting point).
+LOSS_RM = -sp.log(sigma(R_P - R_M))
+
+# 004 Sec. 3-4: softmax over three responses (Lemma 1, eq. 6); the pair (i, j, tau) = (1, 2, tau), beta = 1.
+P1, P2, P3 = _softmax3(S1, S2, S3)
+_H12 = sp.log(P1 / REF1) - sp.log(P2 / REF2)
+LOSS_T1_DPO = -sp.log(sigma(TAU * _H12))            # 004 eq. 1 with beta = 1, written with tau
+KAPPA_DPO = sigma(TAU * _H12)                       # 004: kappa_ij = e^{-L}, the sigma term
+LOSS_T1_BAL = -sp.log(sigma(CB * TAU * (P1 - P2)))  # a balanced loss: dL/dp_w = -dL/dp_l (004 Def. 1)
+KAPPA_BAL = sigma(CB * TAU * (P1 - P2))
+
+
+def _logit_update(loss: sp.Expr, c12: sp.Expr = 0, c13: sp.Expr = 0) -> sp.Expr:
+    """004 Theorem 1's Delta s_1 after one gradient step of size eta on ``loss``, derived exactly.
+
+    Under 004's Assumptions 1-2 the logit gradients have norm g and cosines c_ik, so one step
+    ``theta -= eta dL/dtheta`` changes s_1 by ``-eta g^2 sum_k c_1k dL/ds_k`` (c_11 = 1). This is exact for
+    logits linear in theta with that Gram matrix (``tests/test_printed.py`` checks it with torch).
+    """
+    grads = [sp.diff(loss, s) for s in (S1, S2, S3)]
+    return -LR * G ** 2 * (grads[0] + c12 * grads[1] + c13 * grads[2])
+
+
+def _prob_update(ds: Sequence[sp.Expr]) -> sp.Expr:
+    """004 eq. 39: first-order change of p_1 for logit changes ``ds`` (softmax Jacobian, 004 eq. 9)."""
+    return sum(sp.diff(P1, s) * d for s, d in zip((S1, S2, S3), ds))
+
+
+
+# ============================================================================ the printed equations that are right
+def _d(name: str, what: str, **params: sp.Expr) -> Callable[[], sp.Expr]:
+    """A lazy reference: :func:`derived` of loss ``name`` (params renamed, e.g. ``beta=ETA`` for IPO)."""
+    return lambda: derived(name, what, **params)
+
+
+def _x_coords(expr: sp.Expr) -> sp.Expr:
+    """002's coordinates: pi+ = x1 pi0+, pi- = x2 pi0-."""
+    return sp.simplify(expr.xreplace({PI_P: X1 * REF_P, PI_M: X2 * REF_M}))
+
+
+def _hinge_active(p: dict) -> bool:
+    """000 eq. 12's branch: delta > log(pi+/pi-), away from the kink."""
+    return p[DELTA] - math.log(p[PI_P] / p[PI_M]) > 1e-3
+
+
+def _hinge_inactive(p: dict) -> bool:
+    return p[DELTA] - math.log(p[PI_P] / p[PI_M]) < -1e-3
+
+
+def _branch(active: bool) -> Callable[[sp.Expr], sp.Expr]:
+    """Resolve SLiC's hinge in an expression: Max(0, u) -> u (active) or 0; Heaviside(u) -> 1 or 0."""
+    def f(e: sp.Expr) -> sp.Expr:
+        e = e.replace(lambda a: isinstance(a, sp.Max), lambda a: (sum(x for x in a.args if x != 0) if active else sp.Integer(0)))
+        e = e.replace(lambda a: isinstance(a, sp.Heaviside), lambda a: sp.Integer(1 if active else 0))
+        e = e.replace(lambda a: isinstance(a, sp.Piecewise), lambda a: _piece(a, active))
+        return e
+    return f
+
+
+def _piece(pw: sp.Piecewise, active: bool) -> sp.Expr:
+    """Pick the branch of SLiC's hinge Piecewise (condition 'margin > 0' is the active one)."""
+    for expr, cond in pw.args:
+        if cond is sp.true:
+            return expr
+        # the active branch's condition holds at a point with delta huge
+        test = cond.subs({DELTA: 1e6, PI_P: 0.5, PI_M: 0.5})
+        if bool(test) == active:
+            return expr
+    return pw.args[-1][0]
+
+
+_DZ_P = sp.diff(Z_000, PI_P)            # 000 leaves dz/dpi+ symbolic: -pi-/pi+^2
+_DZ_M = sp.diff(Z_000, PI_M)            # 1/pi+
+_CHAIN = ALPHA_000 * BETA / (1 + ALPHA_000 * Z_000 ** BETA) * Z_000 ** (BETA - 1)
+_FLEX_CHAIN = ALPHA_FLEX / (1 + ALPHA_FLEX * Z_FLEX)
+_H_IPO = sp.log(PI_P * REF_M / (PI_M * REF_P))
+_LAMBDA_26 = 1 + sp.Min(sp.Max(sp.log(PI_P / PI_M), DLMIN_S), CLIP_S)  # 004 eq. 26, clip(x, lo, hi)
+
+
+PRINTED: list[Printed] = [
+    # ---------------------------------------------------------------- 000, Sec. 3.1 / App. B.1 (DPO)
+    Printed("000 eq. 6", "000 Sec. 3.1, eq. 6 (= App. B.1)", "DPO loss rewritten: log(1 + alpha z^beta)",
+            sp.log(1 + (REF_P / REF_M * PI_M / PI_P) ** BETA), _d("dpo", "loss")),
+    Printed("000 Sec. 3.1 dl/dpi+", "000 Sec. 3.1 (= App. B.1), first line", "dl/dpi+ = alpha beta z^(beta-1) / (1 + alpha z^beta) dz/dpi+",
+            _CHAIN * _DZ_P, _d("dpo", "d_pi_plus")),
+    Printed("000 Sec. 3.1 dl/dpi-", "000 Sec. 3.1 (= App. B.1), second line", "dl/dpi- = alpha beta z^(beta-1) / (1 + alpha z^beta) dz/dpi-",
+            _CHAIN * _DZ_M, _d("dpo", "d_pi_minus")),
+    Printed("000 Cor. 1 (magnitudes)", "000 Cor. 1, read as |dl/dpi-| / |dl/dpi+|", "ratio of gradient magnitudes",
+            PI_P / PI_M, lambda: sp.Abs(derived("dpo", "d_pi_minus")) / sp.Abs(derived("dpo", "d_pi_plus")),
+            note="As printed (signed) the ratio has the wrong sign: see ERRATA '000-cor1'."),
+    Printed("000 App. B.1 limit dl/dpi+", "000 Cor. 2 / App. B.1", "leading order of dl/dpi+ as pi- -> 0",
+            -ALPHA_000 * BETA * PI_P ** (-BETA - 1) * PI_M ** BETA, _d("dpo", "d_pi_plus"), limit=(PI_M, 0)),
+    Printed("000 App. B.1 limit dl/dpi-", "000 Cor. 2 / App. B.1", "leading order of dl/dpi- as pi- -> 0",
+            ALPHA_000 * BETA * PI_P ** (-BETA) * PI_M ** (BETA - 1), _d("dpo", "d_pi_minus"), limit=(PI_M, 0)),
+    Printed("000 App. B.1 softmax ds_i/dz_i", "000 App. B.1 (= 004 eq. 9, i = j)", "softmax Jacobian, diagonal",
+            P1 * (1 - P1), lambda: sp.diff(P1, S1)),
+    Printed("000 App. B.1 softmax ds_j/dz_i", "000 App. B.1 (= 004 eq. 9, i != j)", "softmax Jacobian, off-diagonal",
+            -P1 * P2, lambda: sp.diff(P2, S1)),
+    Printed("000 App. B.1 dpi/dpi_i", "000 App. B.1", "sequence probability w.r.t. one token's probability: pi_{-i}",
+            REST_P, lambda: sp.diff(REST_P * sp.Symbol("pi_i^+", positive=True), sp.Symbol("pi_i^+", positive=True))),
+    # ---------------------------------------------------------------- 000 App. B.2.1 (flex-beta)
+    Printed("000 App. B.2.1 loss", "000 App. B.2.1, rewritten flex-beta loss", "log(1 + (pi0+/pi+)^beta+ (pi-/pi0-)^beta-)",
+            sp.log(1 + (REF_P / PI_P) ** BETA_P * (PI_M / REF_M) ** BETA_M), _d("flex_dpo", "loss")),
+    Printed("000 App. B.2.1 dl/dpi+", "000 App. B.2.1", "dl/dpi+ = alpha/(1 + alpha z) dz/dpi+",
+            _FLEX_CHAIN * sp.diff(Z_FLEX, PI_P), _d("flex_dpo", "d_pi_plus")),
+    Printed("000 App. B.2.1 dl/dpi-", "000 App. B.2.1", "dl/dpi- = alpha/(1 + alpha z) dz/dpi-",
+            _FLEX_CHAIN * sp.diff(Z_FLEX, PI_M), _d("flex_dpo", "d_pi_minus")),
+    Printed("000 App. B.2.1 limit dl/dpi+", "000 App. B.2.1", "leading order of dl/dpi+ as pi- -> 0",
+            -ALPHA_FLEX * BETA_P * PI_P ** (-BETA_P - 1) * PI_M ** BETA_M, _d("flex_dpo", "d_pi_plus"), limit=(PI_M, 0)),
+    Printed("000 App. B.2.1 limit dl/dpi-", "000 App. B.2.1", "leading order of dl/dpi- as pi- -> 0",
+            ALPHA_FLEX * BETA_M * PI_P ** (-BETA_P) * PI_M ** (BETA_M - 1), _d("flex_dpo", "d_pi_minus"), limit=(PI_M, 0)),
+    # ---------------------------------------------------------------- 000 App. B.2.2 (SFT-DPO)
+    Printed("000 App. B.2.2 dl/dpi+", "000 App. B.2.2, right-hand side", "dl/dpi+ of SFT-DPO",
+            _CHAIN * _DZ_P - GAMMA / PI_P, _d("sft_dpo", "d_pi_plus")),
+    Printed("000 App. B.2.2 dl/dpi-", "000 App. B.2.2", "dl/dpi- of SFT-DPO",
+            _CHAIN * _DZ_M, _d("sft_dpo", "d_pi_minus")),
+    Printed("000 App. B.2.2 limit dl/dpi+", "000 App. B.2.2", "dl/dpi+ -> -gamma/pi+ as pi- -> 0",
+            -GAMMA / PI_P, _d("sft_dpo", "d_pi_plus"), limit=(PI_M, 0)),
+    # ---------------------------------------------------------------- 000 App. B.3.1 (IPO), eta = beta
+    Printed("000 eq. 8", "000 App. B.3.1, eq. 8", "IPO loss (000's eta is the zoo's beta)",
+            (_H_IPO - 1 / (2 * ETA)) ** 2, _d("ipo", "loss", beta=ETA)),
+    Printed("000 eq. 9", "000 App. B.3.1, eq. 9", "dl/dpi- of IPO",
+            -2 * (_H_IPO - 1 / (2 * ETA)) / PI_M, _d("ipo", "d_pi_minus", beta=ETA)),
+    Printed("000 eq. 10", "000 App. B.3.1, eq. 10", "dl/dpi+ of IPO",
+            2 * (_H_IPO - 1 / (2 * ETA)) / PI_P, _d("ipo", "d_pi_plus", beta=ETA)),
+    # ---------------------------------------------------------------- 000 App. B.3.2 (SLiC)
+    Printed("000 eq. 11 (hinge active)", "000 App. B.3.2, eq. 11", "SLiC loss, delta > log(pi+/pi-)",
+            DELTA - sp.log(PI_P) + sp.log(PI_M) - ETA * sp.log(PI_P), _d("slic", "loss"),
+            condition=_hinge_active, branch=_branch(True)),
+    Printed("000 eq. 12 dl/dpi+", "000 App. B.3.2, eq. 12 (delta > log(pi+/pi-))", "dl/dpi+ of SLiC, hinge active",
+            -(1 + ETA) / PI_P, _d("slic", "d_pi_plus"), condition=_hinge_active, branch=_branch(True)),
+    Printed("000 eq. 12 dl/dpi-", "000 App. B.3.2, eq. 12 (delta > log(pi+/pi-))", "dl/dpi- of SLiC, hinge active",
+            1 / PI_M, _d("slic", "d_pi_minus"), condition=_hinge_active, branch=_branch(True)),
+    Printed("000 eq. 13 dl/dpi+", "000 App. B.3.2, eq. 13 (else)", "dl/dpi+ of SLiC, hinge inactive",
+            -ETA / PI_P, _d("slic", "d_pi_plus"), condition=_hinge_inactive, branch=_branch(False)),
+    Printed("000 eq. 13 dl/dpi-", "000 App. B.3.2, eq. 13 (else)", "dl/dpi- of SLiC, hinge inactive",
+            sp.Integer(0), _d("slic", "d_pi_minus"), condition=_hinge_inactive, branch=_branch(False)),
+    # ---------------------------------------------------------------- 000 Sec. 4 (reward model)
+    Printed("000 Sec. 4 dl/dr+ (middle)", "000 Sec. 4", "dl^RM/dr+ = -e^(r- - r+) / (1 + e^(r- - r+))",
+            -sp.exp(R_M - R_P) / (1 + sp.exp(R_M - R_P)), lambda: sp.diff(LOSS_RM, R_P)),
+    Printed("000 Sec. 4 dl/dr+", "000 Sec. 4", "dl^RM/dr+ = -1 / (1 + e^(r+ - r-))",
+            -1 / (1 + sp.exp(R_P - R_M)), lambda: sp.diff(LOSS_RM, R_P)),
+    Printed("000 Sec. 4 dl/dr- (middle)", "000 Sec. 4", "dl^RM/dr- = e^(r- - r+) / (1 + e^(r- - r+))",
+            sp.exp(R_M - R_P) / (1 + sp.exp(R_M - R_P)), lambda: sp.diff(LOSS_RM, R_M)),
+    Printed("000 Sec. 4 dl/dr-", "000 Sec. 4", "dl^RM/dr- = 1 / (1 + e^(r+ - r-))",
+            1 / (1 + sp.exp(R_P - R_M)), lambda: sp.diff(LOSS_RM, R_M)),
+    Printed("000 Sec. 4 loss", "000 Sec. 4 (rewritten in the gradient line)", "l^RM = log(1 + e^(r- - r+))",
+            sp.log(1 + sp.exp(R_M - R_P)), lambda: LOSS_RM),
+    # ---------------------------------------------------------------- 002 (x1 = pi+/pi0+, x2 = pi-/pi0-)
+    Printed("002 eq. 1", "002 Sec. 3.1, eq. 1 (last line)", "DPO loss in x1, x2: -log(x1^beta / (x1^beta + x2^beta))",
+            -sp.log(X1 ** BETA / (X1 ** BETA + X2 ** BETA)), lambda: _x_coords(derived("dpo", "loss"))),
+    Printed("002 eq. 2/4 dL/dx1", "002 Theorem 1, eq. 2 (= Theorem 2, eq. 4)", "dL/dx1",
+            -BETA * X2 ** BETA / (X1 * (X1 ** BETA + X2 ** BETA)), lambda: _x_coords(derived("dpo", "d_pi_plus") * REF_P)),
+    Printed("002 eq. 2/4 dL/dx2", "002 Theorem 1, eq. 2 (= Theorem 2, eq. 4)", "dL/dx2",
+            BETA * X2 ** (BETA - 1) / (X1 ** BETA + X2 ** BETA), lambda: _x_coords(derived("dpo", "d_pi_minus") * REF_M)),
+    Printed("002 Cor. 1 (eq. 3)", "002 Corollary 1, eq. 3", "|dL/dx1 / dL/dx2| = x2/x1",
+            X2 / X1, lambda: sp.Abs(_x_coords(derived("dpo", "d_pi_plus") * REF_P / (derived("dpo", "d_pi_minus") * REF_M)))),
+    Printed("002 eq. 5 (first line)", "002 App. A, eq. 5, first line", "dL/dx1, unsimplified",
+            -(X1 ** BETA + X2 ** BETA) / X1 ** BETA * (BETA * X1 ** (BETA - 1) / (X1 ** BETA + X2 ** BETA)
+                                                       + (-BETA * X1 ** (2 * BETA - 1)) / (X1 ** BETA + X2 ** BETA) ** 2),
+            lambda: _x_coords(derived("dpo", "d_pi_plus") * REF_P)),
+    Printed("002 eq. 5 (second line)", "002 App. A, eq. 5, second line", "dL/dx1, one fraction",
+            -(BETA * X1 ** (BETA - 1) * (X1 ** BETA + X2 ** BETA) - BETA * X1 ** (2 * BETA - 1)) / (X1 ** BETA * (X1 ** BETA + X2 ** BETA)),
+            lambda: _x_coords(derived("dpo", "d_pi_plus") * REF_P)),
+    Printed("002 eq. 5 (third line)", "002 App. A, eq. 5, third line", "dL/dx1, before cancelling x1^(beta-1)",
+            -BETA * X1 ** (BETA - 1) * X2 ** BETA / (X1 ** BETA * (X1 ** BETA + X2 ** BETA)),
+            lambda: _x_coords(derived("dpo", "d_pi_plus") * REF_P)),
+    Printed("002 eq. 6 (first line)", "002 App. A, eq. 6, first line", "dL/dx2, unsimplified",
+            1 / (X1 ** BETA + X2 ** BETA) * BETA * X2 ** (BETA - 1), lambda: _x_coords(derived("dpo", "d_pi_minus") * REF_M)),
+    # ---------------------------------------------------------------- 004
+    Printed("004 eq. 1", "004 Sec. 3.1, eq. 1", "DPO loss", -sp.log(sigma(BETA * sp.log(PI_P / REF_P) - BETA * sp.log(PI_M / REF_M))),
+            _d("dpo", "loss")),
+    Printed("004 eq. 2", "004 Sec. 3.1, eq. 2", "(dL/dpi_w) / (dL/dpi_l) = -pi_l/pi_w",
+            -PI_M / PI_P, lambda: derived("dpo", "d_pi_plus") / derived("dpo", "d_pi_minus")),
+    Printed("004 eq. 3 (balance)", "004 Sec. 3.1, after eq. 3", "|dL_R/dr_w| = |dL_R/dr_l| (as the ratio of the two)",
+            sp.Integer(1), lambda: sp.Abs(sp.diff(LOSS_RM, R_P)) / sp.Abs(sp.diff(LOSS_RM, R_M))),
+    Printed("004 eq. 5", "004 Sec. 3.1, eq. 5", "dL_ppo/dpi(y) of eq. 4 as printed (the KL-regularised return J)",
+            R1 - BETA * sp.log(Q1 / QREF1) - BETA,
+            lambda: sp.diff(sum(q * (r - BETA * sp.log(q / qr)) for q, r, qr in ((Q1, R1, QREF1), (Q2, R2, QREF2), (Q3, R3, QREF3))), Q1)),
+    Printed("004 eq. 9 (i = j)", "004 Lemma 1, eq. 9", "dp_i/ds_i = p_i (1 - p_i)", P1 * (1 - P1), lambda: sp.diff(P1, S1)),
+    Printed("004 eq. 9 (i != j)", "004 Lemma 1, eq. 9", "dp_i/ds_j = -p_i p_j", -P1 * P2, lambda: sp.diff(P1, S2)),
+    Printed("004 eq. 10", "004 Theorem 1, eq. 10", "Delta^j s_i of one DPO step (beta = 1, c_ij = 0)",
+            LR * G ** 2 * TAU * (1 - KAPPA_DPO), lambda: _logit_update(LOSS_T1_DPO), domains={TAU: ("choice", (-1, 1))}),
+    Printed("004 eq. 12 (= eq. 41)", "004 Theorem 2, eq. 12 (App. D eq. 39-41)", "Delta p_i for Delta s_k = gamma w_k (DPO)",
+            GAMMA * P1 * (W1 - (W1 * P1 + W2 * P2 + W3 * P3)), lambda: _prob_update([GAMMA * W1, GAMMA * W2, GAMMA * W3])),
+    Printed("004 eq. 40", "004 App. D, eq. 40", "Delta p_i, expanded",
+            GAMMA * W1 * P1 * (1 - P1) - (GAMMA * W2 * P1 * P2 + GAMMA * W3 * P1 * P3),
+            lambda: _prob_update([GAMMA * W1, GAMMA * W2, GAMMA * W3])),
+    Printed("004 eq. 14", "004 Theorem 2, eq. 14 (C = 1)", "Delta p_i for a balanced loss, Delta s_k = gamma w_k p_k",
+            GAMMA * P1 * (W1 * P1 - (W1 * P1 ** 2 + W2 * P2 ** 2 + W3 * P3 ** 2)),
+            lambda: _prob_update([GAMMA * W1 * P1, GAMMA * W2 * P2, GAMMA * W3 * P3])),
+    Printed("004 Sec. 5.1 lambda for balance", "004 Sec. 5.1, after eq. 25", "the nbDPO weight that balances dL/dpi_w + dL/dpi_l = 0",
+            PI_P / PI_M, lambda: sp.simplify(-derived("dpo", "d_pi_minus") / derived("dpo", "d_pi_plus"))),
+    Printed("004 eq. 26", "004 Sec. 5.1, eq. 26", "lambda = 1 + clip(log(pi_w/pi_l), Delta lambda_min, Delta lambda_max)",
+            _LAMBDA_26, lambda: gradients("nbdpo").stop_gradient[_symbolic().SG_LAMBDA]),
+    Printed("004 eq. 27", "004 Sec. 5.2, eq. 27 with lambda of eq. 26", "nbDPO v2 loss",
+            -sp.log(sigma(BETA * _LAMBDA_26 * sp.log(PI_P / REF_P) - BETA * sp.log(PI_M / REF_M))), _d("nbdpo_v2", "loss")),
+    Printed("004 eq. 28-29", "004 Sec. 5.3, eq. 28-29", "bDPO loss with lambda_w = log pi_l / (log pi_w + log pi_l)",
+            -sp.log(sigma(BETA * (sp.log(PI_M) / (sp.log(PI_P) + sp.log(PI_M))) * sp.log(PI_P / REF_P)
+                          - BETA * (1 - sp.log(PI_M) / (sp.log(PI_P) + sp.log(PI_M))) * sp.log(PI_M / REF_M))),
+            _d("bdpo", "loss")),
+    Printed("004 Prop. 1 (eq. 30)", "004 Proposition 1, eq. 30, at pi = pi_ref",
+            "(dL/dpi_w) / (dL/dpi_l) of bDPO = -pi_l log pi_l / (pi_w log pi_w)",
+            -PI_M * sp.log(PI_M) / (PI_P * sp.log(PI_P)),
+            lambda: (derived("bdpo", "d_pi_plus") / derived("bdpo", "d_pi_minus")).xreplace({REF_P: PI_P, REF_M: PI_M})),
+]
+PRINTED_BY_KEY: dict[str, Printed] = {p.key: p for p in PRINTED}
+assert len(PRINTED_BY_KEY) == len(PRINTED), "duplicate PRINTED keys"
+
+
+# ============================================================================ the errata
+# Display symbols: the errata show the papers' compact notation; ``Erratum.definitions`` gives their values.
+C_SYM = sp.Symbol("C")                                   # 000 App. B.1's C(pi+, pi-)
+PIC_P, PID_P = sp.Symbol("pic^+", positive=True), sp.Symbol("pid^+", positive=True)  # token probabilities
+PIC_M, PID_M = sp.Symbol("pic^-", positive=True), sp.Symbol("pid^-", positive=True)
+PI_I, PI_J = sp.symbols("p_i p_j", positive=True)        # 004: pi_theta(y_i|x), pi_theta(y_j|x)
+KAPPA = sp.Symbol("kappa_ij", positive=True)             # 004: kappa_ij
+DL_P, DL_M = sp.symbols("dl/dpi^+ dl/dpi^-", real=True)  # 000 App. D: the two gradients
+LATEX_NAMES.update({
+    C_SYM: r"C(\pi^+,\pi^-)", PIC_P: r"\pi^{+}_{i,c}", PID_P: r"\pi^{+}_{i,c'}", PIC_M: r"\pi^{-}_{i,c}",
+    PID_M: r"\pi^{-}_{i,c'}", PI_I: r"\pi_\theta(y_i|x)", PI_J: r"\pi_\theta(y_j|x)", KAPPA: r"\kappa_{ij}",
+    DL_P: r"\frac{\partial \ell^{\mathrm{DPO}}}{\partial \pi^+}", DL_M: r"\frac{\partial \ell^{\mathrm{DPO}}}{\partial \pi^-}",
+})
+
+_TOKEN_DEFS = {C_SYM: C_TOKEN, PIC_P: TOK_P[0], PID_P: TOK_P[1], PIC_M: TOK_M[0], PID_M: TOK_M[1]}
+_TOKEN_POINT = {XC_P: 0.5, XD_P: -0.3, XO_P: 1.0, XC_M: -0.2, XD_M: 0.4, XO_M: 0.8, REST_P: 0.3,
+                REST_M: 1e-100, REF_P: 0.12, REF_M: 0.12, BETA_P: 0.5, BETA_M: 0.25}
+_DPO_POINT = {PI_P: 0.5, PI_M: 0.05, REF_P: 0.12, REF_M: 0.12, BETA: 0.1}
+_T1_POINT = {S1: 0.2, S2: -0.4, S3: 0.9, REF1: 0.3, REF2: 0.3, TAU: 1, LR: 0.01, G: 1.0, CB: 1.0, LAMC: 0.3}
+_T1_DEFS_DPO = {PI_I: P1, PI_J: P2, KAPPA: KAPPA_DPO}
+_T1_DEFS_BAL = {PI_I: P1, PI_J: P2, KAPPA: KAPPA_BAL}
+_H_P = sp.log(PI_P / REF_P)
+_H_M = sp.log(PI_M / REF_M)
+
+
+def _ppo_return(sign: int) -> sp.Expr:
+    return sign * sum(q * (r - BETA * sp.log(q / qr)) for q, r, qr in ((Q1, R1, QREF1), (Q2, R2, QREF2), (Q3, R3, QREF3)))
+
+
+def _tok(which: str) -> Callable[[], sp.Expr]:
+    var = {"c+": XC_P, "d+": XD_P, "c-": XC_M, "d-": XD_M}[which]
+    return lambda: sp.diff(LOSS_TOKEN, var)
+
+
+ERRATA: list[Erratum] = [
+    # ---------------------------------------------------------------- 000
+    Erratum(
+        id="000-cor1", paper="000", where="Sec. 3.1, Corollary 1", kind="sign",
+        quantity=r"\frac{\partial \ell^{\mathrm{DPO}}}{\partial \pi^-} \Big/ \frac{\partial \ell^{\mathrm{DPO}}}{\partial \pi^+}",
+        printed=PI_P / PI_M, corrected=-PI_P / PI_M,
+        explanation="dz/dpi- / dz/dpi+ = (1/pi+) / (-pi-/pi+^2) = -pi+/pi-: the two gradients have opposite "
+                    "signs; the printed pi+/pi- is the ratio of their magnitudes (004 eq. 2 prints the sign).",
+        reference=lambda: derived("dpo", "ratio"), point=_DPO_POINT),
+    Erratum(
+        id="000-eq7", paper="000", where="App. B.2.2, eq. 7", kind="sign",
+        quantity=r"\ell^{\mathrm{SFT\text{-}DPO}}",
+        printed=-(sp.log(SIG(BETA * _H_P - BETA * _H_M)) - GAMMA * sp.log(PI_P)),
+        corrected=-(sp.log(SIG(BETA * _H_P - BETA * _H_M)) + GAMMA * sp.log(PI_P)),
+        explanation="As printed, -{log sigma[...] - gamma log pi(a+)} = l_DPO + gamma log pi(a+), whose "
+                    "minimisation lowers pi(a+) and whose dl/dpi+ has +gamma/pi+; the paper's own gradient "
+                    "(-gamma/pi+) and 'SFT loss' need the term -gamma log pi(a+).",
+        reference=lambda: derived("sft_dpo", "loss"), point={**_DPO_POINT, GAMMA: 0.1}),
+    Erratum(
+        id="000-B22-chain", paper="000", where="App. B.2.2, first equation (middle expression)", kind="missing term",
+        quantity=r"\frac{\partial \ell^{\mathrm{SFT\text{-}DPO}}}{\partial \pi^+}",
+        printed=_CHAIN * _DZ_P, corrected=_CHAIN * _DZ_P - GAMMA / PI_P,
+        explanation="The chain-rule expression d log(1 + alpha z^beta)/dz * dz/dpi+ is only the DPO part: "
+                    "the derivative of the SFT term, -gamma/pi+, is missing from it (the right-hand side has it).",
+        reference=lambda: derived("sft_dpo", "d_pi_plus"), point={**_DPO_POINT, GAMMA: 0.1}),
+    Erratum(
+        id="000-B1-token-chosen-c", paper="000", where="App. B.1, dl/dx+_{i,c}", kind="logit for probability",
+        quantity=r"\frac{\partial \ell^{\mathrm{DPO'}}}{\partial x^{+}_{i,c}}\ (\pi^-\to 0)",
+        printed=-C_SYM * (1 - XC_P), corrected=-C_SYM * (1 - PIC_P),
+        explanation="d pi_i/d x_{i,c} = pi_i (1 - pi_i) for a softmax, so the factor is 1 - pi+_{i,c} (the "
+                    "token's probability), not 1 - x+_{i,c} (its logit; the print is not even shift-invariant).",
+        reference=_tok("c+"), point=_TOKEN_POINT, limit=(REST_M, 0), definitions=_TOKEN_DEFS),
+    Erratum(
+        id="000-B1-token-chosen-c'", paper="000", where="App. B.1, dl/dx+_{i,c'}", kind="logit for probability",
+        quantity=r"\frac{\partial \ell^{\mathrm{DPO'}}}{\partial x^{+}_{i,c'}}\ (\pi^-\to 0)",
+        printed=C_SYM * XD_P, corrected=C_SYM * PID_P,
+        explanation="d pi_{i,c}/d x_{i,c'} = -pi_{i,c} pi_{i,c'}, so the factor is the probability "
+                    "pi+_{i,c'} of token c', not its logit x+_{i,c'}.",
+        reference=_tok("d+"), point=_TOKEN_POINT, limit=(REST_M, 0), definitions=_TOKEN_DEFS),
+    Erratum(
+        id="000-B1-token-rejected-c", paper="000", where="App. B.1, dl/dx-_{i,c}",
+        kind="logit for probability; missing factor beta-/beta+",
+        quantity=r"\frac{\partial \ell^{\mathrm{DPO'}}}{\partial x^{-}_{i,c}}\ (\pi^-\to 0)",
+        printed=C_SYM * (1 - XC_M), corrected=BETA_M / BETA_P * C_SYM * (1 - PIC_M),
+        explanation="Factor 1 - pi-_{i,c} (probability, not logit); and dl/dpi- carries beta-, not beta+, so "
+                    "the coefficient is alpha beta- (pi+)^-beta+ (pi-)^beta- = (beta-/beta+) C (equal only "
+                    "for vanilla DPO, beta+ = beta-).",
+        reference=_tok("c-"), point=_TOKEN_POINT, limit=(REST_M, 0), definitions=_TOKEN_DEFS),
+    Erratum(
+        id="000-B1-token-rejected-c'", paper="000", where="App. B.1, dl/dx-_{i,c'}",
+        kind="logit for probability; missing factor beta-/beta+",
+        quantity=r"\frac{\partial \ell^{\mathrm{DPO'}}}{\partial x^{-}_{i,c'}}\ (\pi^-\to 0)",
+        printed=-C_SYM * XD_M, corrected=-BETA_M / BETA_P * C_SYM * PID_M,
+        explanation="Factor pi-_{i,c'} (probability, not logit), and coefficient (beta-/beta+) C as for "
+                    "the sampled token.",
+        reference=_tok("d-"), point=_TOKEN_POINT, limit=(REST_M, 0), definitions=_TOKEN_DEFS),
+    Erratum(
+        id="000-D2-fig10", paper="000", where="App. D.2, text on Fig. 10", kind="typo",
+        quantity=r"\text{left side / right side of the claimed } \gg",
+        printed=DL_M / sp.Abs(DL_M), corrected=sp.Abs(DL_M) / sp.Abs(DL_P),
+        explanation="The text compares dl/dpi- with |dl/dpi-| itself (a ratio of 1); meant is "
+                    "|dl/dpi-| >> |dl/dpi+|, a ratio of pi+/pi- (Cor. 1).",
+        reference=lambda: PI_P / PI_M, point=_DPO_POINT,
+        definitions=lambda: {DL_P: derived("dpo", "d_pi_plus"), DL_M: derived("dpo", "d_pi_minus")}),
+    # ---------------------------------------------------------------- 004
+    Erratum(
+        id="004-eq3", paper="004", where="Sec. 3.1, eq. 3", kind="sign",
+        quantity=r"\mathcal{L}_R",
+        printed=sp.log(SIG(R_P - R_M)), corrected=-sp.log(SIG(R_P - R_M)),
+        explanation="The Bradley-Terry reward-model loss is -log sigma(r_w - r_l) (000 eq. 3); without the "
+                    "minus sign its minimisation would rank the losing response first.",
+        reference=lambda: LOSS_RM, point={R_P: 1.0, R_M: -0.5}),
+    Erratum(
+        id="004-eq4", paper="004", where="Sec. 3.1, eq. 4", kind="sign",
+        quantity=r"\mathcal{L}_{ppo}",
+        printed=_ppo_return(1), corrected=_ppo_return(-1),
+        explanation="Printed as the PPO policy 'loss', E[r - beta log(pi/pi_ref)] is the objective that PPO "
+                    "maximises (000 eq. 4); the loss is its negative (eq. 5 differentiates the printed form, "
+                    "so it is the gradient of the objective).",
+        reference=lambda: -_ppo_return(1),
+        point={Q1: 0.5, Q2: 0.3, Q3: 0.2, QREF1: 0.3, QREF2: 0.3, QREF3: 0.4, R1: 1.0, R2: 0.0, R3: -1.0, BETA: 0.1}),
+    Erratum(
+        id="004-eq11", paper="004", where="Theorem 1, eq. 11", kind="missing factor",
+        quantity=r"\Delta^j s_i\ \text{(balanced loss)}",
+        printed=CB * LR * G ** 2 * TAU * (1 - KAPPA) * (1 - PI_I + PI_J),
+        corrected=CB * LR * G ** 2 * TAU * (1 - KAPPA) * PI_I * (1 - PI_I + PI_J),
+        explanation="dL/ds_i = dL/dp_i p_i(1 - p_i) + dL/dp_j (-p_i p_j) carries a factor p_i = pi_theta(y_i|x); "
+                    "004's own proof (App. D: Delta_b s_i = C pi_theta(y_i|x) Delta_d s_i) and eq. 14 use it.",
+        reference=lambda: _logit_update(LOSS_T1_BAL), point=_T1_POINT, definitions=_T1_DEFS_BAL),
+    Erratum(
+        id="004-eq35", paper="004", where="App. C, eq. 35", kind="sign",
+        quantity=r"\mathbb{E}[\Delta^j s_i]\ \text{(DPO, } c_{ij} = -\lambda)",
+        printed=(1 - LAMC) * LR * G ** 2 * TAU * (1 - KAPPA),
+        corrected=(1 + LAMC) * LR * G ** 2 * TAU * (1 - KAPPA),
+        explanation="One step changes s_i by -eta g^2 (dL/ds_i + c_ij dL/ds_j) = eta g^2 tau (1 - kappa)(1 - c_ij) "
+                    "= (1 + lambda) eta g^2 tau (1 - kappa): a negative correlation enlarges the update, so App. C's "
+                    "'the lambda term will decrease s_i if y_i is the winning response' is reversed.",
+        reference=lambda: _logit_update(LOSS_T1_DPO, c12=-LAMC), point=_T1_POINT, definitions=_T1_DEFS_DPO),
+    Erratum(
+        id="004-eq36", paper="004", where="App. C, eq. 36", kind="missing factor; wrong correlation term; unbalanced bracket",
+        quantity=r"\Delta^j s_i\ \text{(balanced loss, } c_{ij} = -\lambda)",
+        printed=CB * LR * G ** 2 * TAU * (1 - KAPPA) * (1 - PI_I + PI_J + LAMC * (PI_I - PI_I ** 2 + PI_I * PI_J - 2 * PI_J)),
+        corrected=CB * LR * G ** 2 * TAU * (1 - KAPPA) * (PI_I * (1 - PI_I + PI_J) + LAMC * PI_J * (1 + PI_I - PI_J)),
+        explanation="With c_ij = -lambda (the model of eq. 35), -eta g^2 (dL/ds_i - lambda dL/ds_j) gives "
+                    "C eta g^2 tau (1-kappa)[p_i(1-p_i+p_j) + lambda p_j(1+p_i-p_j)]; the print lacks eq. 11's p_i, "
+                    "has a different lambda term and a stray ']'. (With c_ik = -lambda for all k != i it is "
+                    "(1+lambda) times the corrected eq. 11.)",
+        reference=lambda: _logit_update(LOSS_T1_BAL, c12=-LAMC), point=_T1_POINT, definitions=_T1_DEFS_BAL),
+    Erratum(
+        id="004-eq25", paper="004", where="Sec. 5.1, eq. 25", kind="misplaced parenthesis",
+        quantity=r"\mathcal{L}_{bdpo}\ \text{(Naive-bDPO)}",
+        printed=-sp.log(SIG(BETA * LAM * _H_P)) - BETA * sp.log(PI_M / REF_M - BETA * (LAM - 1) * sp.log(PW_DET / REF_P)),
+        corrected=-sp.log(SIG(BETA * LAM * _H_P - BETA * _H_M - BETA * (LAM - 1) * sp.log(PW_DET / REF_P))),
+        explanation="The sigmoid closes after the first term and a log( opens around pi_l/pi_ref - ...; the "
+                    "intended loss keeps all three terms inside sigma, so that (at pi^det = pi) its value is "
+                    "DPO's, as the text says ('does not change the value of the loss').",
+        reference=lambda: derived("dpo", "loss"),
+        point={PI_P: 0.3, REF_P: 0.15, PI_M: 0.05, REF_M: 0.1, LAM: 1.5, BETA: 1.0},
+        definitions={PW_DET: PI_P}),
+]
+# 004 Theorem 3 (App. D, eq. 42-51): w(y_i) = -sum_{j != i} (p_i/(p_i+p_j) - q_i/(q_i+q_j)) as a function of a
+# continuous response y_i, with p_i = p(y_i) and q_i = q(y_i) Gaussian-shaped (so p' = -f_p(y - mu_p) p with
+# f_p(u) = u / sigma_p^2, as 004 eq. 44-45 assume) and two other responses a, b (constants p_a, p_b, q_a, q_b).
+Y = sp.Symbol("y_i", real=True)
+MUP, MUQ = sp.symbols("mu_p mu_q", real=True)
+SP2, SQ2 = sp.symbols("sigma_p^2 sigma_q^2", positive=True)
+PA, PB, QA, QB = sp.symbols("p_a p_b q_a q_b", positive=True)
+P_Y = sp.exp(-(Y - MUP) ** 2 / (2 * SP2))
+Q_Y = sp.exp(-(Y - MUQ) ** 2 / (2 * SQ2))
+W_Y = -sum(P_Y / (P_Y + pj) - Q_Y / (Q_Y + qj) for pj, qj in ((PA, QA), (PB, QB)))
+# display symbols of 004's notation
+PI_S, QI_S, DPI_S, DQI_S, FP_S, FQ_S, DW_S = sp.symbols("p_i q_i p'_i q'_i f_p f_q w'", real=True)
+LATEX_NAMES.update({PI_S: "p_i", QI_S: "q_i", DPI_S: "p'_i", DQI_S: "q'_i", FP_S: "f_p", FQ_S: "f_q",
+                    DW_S: r"\frac{\partial w}{\partial y}"})
+DOMAINS.update({Y: ("lin", -3.0, 3.0), MUP: ("lin", -1.0, 1.0), MUQ: ("lin", -1.0, 2.0), SP2: ("log", 0.3, 3.0),
+                SQ2: ("log", 0.3, 3.0), PA: ("log", 0.05, 1.0), PB: ("log", 0.05, 1.0), QA: ("log", 0.05, 1.0),
+                QB: ("log", 0.05, 1.0)})
+_T3_DEFS = {PI_S: P_Y, QI_S: Q_Y, DPI_S: sp.diff(P_Y, Y), DQI_S: sp.diff(Q_Y, Y), FP_S: (Y - MUP) / SP2,
+            FQ_S: (Y - MUQ) / SQ2, DW_S: sp.diff(W_Y, Y)}
+_T3_POINT = {Y: 1.3, MUP: 0.0, MUQ: 1.0, SP2: 1.0, SQ2: 1.5, PA: 0.4, PB: 0.7, QA: 0.2, QB: 0.9}
+_OTHERS = ((PA, QA), (PB, QB))
+_T3_47 = sum(FP_S * PI_S ** 2 * pj / (PI_S + pj) ** 2 + FP_S * PI_S ** 2 / (PI_S + pj)
+             - FQ_S * QI_S * qj * PI_S / (QI_S + qj) ** 2 - FP_S * QI_S * PI_S / (QI_S + qj) for pj, qj in _OTHERS)
+_T3_48 = sum(FP_S * PI_S * pj / (PI_S + pj) ** 2 + FP_S * PI_S / (PI_S + pj)
+             - FQ_S * QI_S * qj / (QI_S + qj) ** 2 - FP_S * QI_S / (QI_S + qj) for pj, qj in _OTHERS)
+_T3_SUMW = sum(PI_S / (PI_S + pj) - QI_S / (QI_S + qj) for pj, qj in _OTHERS)
+
+ERRATA += [
+    Erratum(
+        id="004-eq43", paper="004", where="App. D, eq. 43 (proof of Theorem 3)", kind="typo (missing sum)",
+        quantity=r"\frac{\partial w(y_i)}{\partial y_i}\ \text{(other responses } j \in \{a, b\})",
+        printed=-(PA * DPI_S / (PI_S + PA) ** 2 - QA * DQI_S / (QI_S + QA) ** 2),
+        corrected=-sum(pj * DPI_S / (PI_S + pj) ** 2 - qj * DQI_S / (QI_S + qj) ** 2 for pj, qj in _OTHERS),
+        explanation="w(y_i) (eq. 42) is a sum over j != i, so its derivative is the sum of the printed term over "
+                    "j (eq. 46 has the sum); evaluated here with j = a as the printed single term.",
+        reference=lambda: sp.diff(W_Y, Y), point=_T3_POINT, definitions=_T3_DEFS),
+    Erratum(
+        id="004-eq47", paper="004", where="App. D, eq. 47 (proof of Theorem 3)", kind="sign",
+        quantity=r"\frac{\partial \hat w(y)}{\partial y},\quad \hat w = w\, p_i",
+        printed=-_T3_47, corrected=_T3_47,
+        explanation="d(w p_i)/dy = w' p_i + w p'_i with p'_i = -f_p p_i gives +sum(...), not -sum(...); the "
+                    "sign is harmless where the proof sets it to 0 (eq. 48).",
+        reference=lambda: sp.diff(W_Y * P_Y, Y), point=_T3_POINT, definitions=_T3_DEFS),
+    Erratum(
+        id="004-eq49", paper="004", where="App. D, eq. 49 (proof of Theorem 3)", kind="sign",
+        quantity=r"g(y_i) \text{ (the left side of eq. 48)}",
+        printed=-DW_S + FP_S * _T3_SUMW, corrected=DW_S + FP_S * _T3_SUMW,
+        explanation="The left side of eq. 48 equals +dw/dy + f_p sum(p_i/(p_i+p_j) - q_i/(q_i+q_j)) = "
+                    "dw/dy - f_p w; eq. 51 (at dw/dy = 0) is unaffected.",
+        reference=lambda: _T3_48.xreplace(_T3_DEFS), point=_T3_POINT, definitions=_T3_DEFS),
+]
+ERRATA_BY_ID: dict[str, Erratum] = {e.id: e for e in ERRATA}
+assert len(ERRATA_BY_ID) == len(ERRATA), "duplicate ERRATA ids"
+
+
+# ============================================================================ the chapter's comparison
+def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-loss parameters from the ``gradients`` chapter's parameters (see its catalog entry).
+
+    ``beta`` goes to dpo, sft_dpo, ipo and dpop; ``beta_balanced`` to nbdpo, nbdpo_v2 and bdpo; the others
+    by name. Validated by :func:`prefdyn.losses.check_loss_params` (defaults filled in).
+    """
+    from .losses import LOSS_NAMES, check_loss_params
+
+    names = list(losses if losses is not None else params.get("losses", LOSS_NAMES))
+    pick = {
+        "dpo": {"beta": "beta"}, "flex_dpo": {"beta_chosen": "beta_chosen", "beta_rejected": "beta_rejected"},
+        "sft_dpo": {"beta": "beta", "gamma": "gamma"}, "ipo": {"beta": "beta"},
+        "slic": {"delta": "delta", "eta": "eta"}, "dpop": {"beta": "beta", "lam": "lam"},
+        "nbdpo": {"beta": "beta_balanced", "clip": "clip", "symmetric": "symmetric"},
+        "nbdpo_v2": {"beta": "beta_balanced", "clip": "clip", "symmetric": "symmetric"},
+        "bdpo": {"beta": "beta_balanced"},
+    }
+    out = {}
+    for n in names:
+        if n not in pick:
+            raise ValueError(f"unknown loss {n!r}; allowed: {', '.join(LOSS_NAMES)}")
+        out[n] = check_loss_params(n, **{k: params[v] for k, v in pick[n].items() if v in params})
+    return out
+
+
+def _param_subs(name: str, p: Mapping[str, Any]) -> dict:
+    """Numeric (rational) values of loss ``name``'s parameters, keyed by the symbols of :func:`gradients`."""
+    S = _symbolic()
+    from .losses import delta_lambda_min
+
+    mine = {"beta": BETA, "beta_chosen": BETA_P, "beta_rejected": BETA_M, "gamma": GAMMA, "delta": DELTA,
+            "eta": ETA, "lam": S.LAM_DPOP, "clip": S.CLIP}
+    out = {}
+    for k, v in p.items():
+        if k == "symmetric":
+            out[S.DLMIN] = sp.Rational(repr(float(delta_lambda_min(p["clip"], v))))
+        else:
+            out[mine[k]] = sp.Rational(repr(float(v)))
+    return out
+
+
+def gradient_path(name: str, params: Mapping[str, Any], pi_chosen: float, ref_chosen: float,
+                  ref_rejected: float, pi_rejected_end: float, n_points: int) -> dict[str, Any]:
+    """|dl/dpi+| and |dl/dpi-| of loss ``name`` along pi- from ``ref_rejected`` down to ``pi_rejected_end``
+    (log-spaced, ``n_points``) with pi+ = ``pi_chosen`` fixed, from torch autograd of :mod:`prefdyn.losses`
+    in float64 (``dl/dpi = (dl/dlog pi) / pi``; detached weights are constants, as in training).
+
+    Returns numpy arrays ``pi_minus``, ``d_pi_plus``, ``d_pi_minus`` (signed).
+    """
+    import numpy as np
+    import torch
+
+    from .losses import logprob_grads
+
+    for nm, v in (("pi_chosen", pi_chosen), ("ref_chosen", ref_chosen), ("ref_rejected", ref_rejected)):
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"gradient_path: {nm} must be in (0, 1) (got {v!r})")
+    if not 0.0 < pi_rejected_end < ref_rejected:
+        raise ValueError(f"gradient_path: pi_rejected_end must be in (0, ref_rejected={ref_rejected}) (got {pi_rejected_end!r})")
+    if int(n_points) < 2:
+        raise ValueError(f"gradient_path: n_points must be >= 2 (got {n_points!r})")
+    lr = torch.linspace(math.log(ref_rejected), math.log(pi_rejected_end), int(n_points), dtype=torch.float64)
+    lc = torch.full_like(lr, math.log(pi_chosen))
+    gc, gr = logprob_grads(name, lc, lr, torch.full_like(lr, math.log(ref_chosen)),
+                           torch.full_like(lr, math.log(ref_rejected)), **params)
+    pm = lr.exp()
+    return {"pi_minus": pm.numpy(), "d_pi_plus": (gc / pi_chosen).numpy(), "d_pi_minus": (gr / pm).numpy()}
+
+
+def _tends(lo) -> str:
+    if lo.zero:
+        return "0"
+    t = lo.tends_to()
+    return t if t is not None else "undecided"
+
+
+def comparison_table(losses: Sequence[str], params: Mapping[str, Mapping[str, Any]], pi_chosen: float = 0.12,
+                     ref_chosen: float = 0.12, ref_rejected: float = 0.12,
+                     pi_rejected_end: float = 1e-12) -> dict[str, dict[str, Any]]:
+    """The chapter's comparison of all losses, one row (dict) per loss name.
+
+    For each loss, from :func:`gradients` (sympy) with the numeric parameters ``params[name]`` substituted and
+    :func:`prefdyn.symbolic.leading_order` as pi- -> 0 (000 Cor. 1-3):
+
+    - ``ratio``: LaTeX of the signed ratio (dl/dpi-)/(dl/dpi+) (symbolic parameters);
+    - ``ratio_at_end``: |dl/dpi-| / |dl/dpi+| at pi+ = ``pi_chosen``, pi- = ``pi_rejected_end`` (torch);
+    - ``ratio_limit``, ``d_pi_plus_limit``, ``d_pi_minus_limit``: what |.| tends to as pi- -> 0 ('0',
+      'finite', 'inf'), for the given parameter values;
+    - ``d_pi_plus_vanishes``: ``d_pi_plus_limit == '0'`` (000 Cor. 2's "degradation");
+    - ``balanced_log``: dl/dlog pi+ + dl/dlog pi- == 0 identically (as the reward model's, 000 Sec. 4);
+    - ``lead_d_pi_plus``, ``lead_d_pi_minus``: LaTeX of the leading terms (numeric parameters).
+    """
+    S = _symbolic()
+    rows: dict[str, dict[str, Any]] = {}
+    for name in losses:
+        p = params[name]
+        g = gradients(name)
+        subs = _param_subs(name, p)
+        gc, gr = g.d_pi_plus.xreplace(subs), g.d_pi_minus.xreplace(subs)
+        lc, lr = S.leading_order(gc, PI_M), S.leading_order(gr, PI_M)
+        lq = S.leading_order(g.ratio.xreplace(subs), PI_M)
+        path = gradient_path(name, p, pi_chosen, ref_chosen, ref_rejected, pi_rejected_end, 2)
+        a, b = abs(float(path["d_pi_plus"][-1])), abs(float(path["d_pi_minus"][-1]))
+        le_c, le_r = lc.expr(PI_M), lr.expr(PI_M)
+        rows[name] = {
+            "ratio": latex(g.ratio),
+            "ratio_at_end": b / a if a > 0 else float("inf"),
+            "ratio_limit": _tends(lq),
+            "d_pi_plus_limit": _tends(lc),
+            "d_pi_minus_limit": _tends(lr),
+            "d_pi_plus_vanishes": _tends(lc) == "0",
+            "balanced_log": bool(g.balanced_log),
+            "lead_d_pi_plus": latex(le_c) if le_c is not None else "undecided",
+            "lead_d_pi_minus": latex(le_r) if le_r is not None else "undecided",
+        }
+    return rows
+
+
+# ============================================================================ chapter rendering (text and Markdown)
+_TENDS = {"0": r"\to 0", "finite": r"\to \text{a finite non-zero value}", "inf": r"\to \infty",
+          "undecided": r"\text{(sympy could not decide)}"}
+
+
+def _display(expr: sp.Expr) -> str:
+    e = sp.simplify(sp.powsimp(sp.expand_log(expr, force=True), force=True))
+    return latex(e)
+
+
+def loss_markdown(name: str, row: Mapping[str, Any]) -> str:
+    """Markdown for one loss of the ``gradients`` chapter: definition, gradients, ratio, limits.
+
+    ``row`` is the loss's row of :func:`comparison_table` (limits for the run's parameter values).
+    """
+    from .losses import LOSS_SOURCES
+    from .plotting import loss_label
+
+    g = gradients(name)
+    lines = [f"### {loss_label(name)} (`{name}`, {LOSS_SOURCES[name]})", "",
+             "Loss (sg[.] marks a detached quantity: a constant for the gradient):", "",
+             rf"$$\ell = {latex(g.loss_sg)}$$", ""]
+    for k, v in g.stop_gradient.items():
+        lines += [f"$${latex(k)} = {latex(v)}$$", ""]
+    lines += ["Derived gradients:", "",
+              rf"$$\frac{{\partial \ell}}{{\partial \pi^+}} = {_display(g.d_pi_plus_sg)}$$", "",
+              rf"$$\frac{{\partial \ell}}{{\partial \pi^-}} = {_display(g.d_pi_minus_sg)}$$", "",
+              rf"$$\frac{{\partial \ell / \partial \pi^-}}{{\partial \ell / \partial \pi^+}} = {row['ratio']}$$", "",
+              r"As $\pi^- \to 0$ with this run's parameters (leading terms):", "",
+              rf"$$\frac{{\partial \ell}}{{\partial \pi^+}} \sim {row['lead_d_pi_plus']} \quad "
+              rf"|\partial \ell / \partial \pi^+| {_TENDS[row['d_pi_plus_limit']]}$$", "",
+              rf"$$\frac{{\partial \ell}}{{\partial \pi^-}} \sim {row['lead_d_pi_minus']} \quad "
+              rf"|\partial \ell / \partial \pi^-| {_TENDS[row['d_pi_minus_limit']]}$$", "",
+              rf"Ratio $|\partial \ell/\partial \pi^-| / |\partial \ell/\partial \pi^+|$ "
+              f"${_TENDS[row['ratio_limit']]}$; balanced in log space "
+              rf"($\partial \ell/\partial \log\pi^+ + \partial \ell/\partial \log\pi^- \equiv 0$): "
+              f"**{'yes' if row['balanced_log'] else 'no'}**."]
+    return "\n".join(lines)
+
+
+def table_text(rows: Mapping[str, Mapping[str, Any]], fmt: Callable[[Any], str]) -> str:
+    """The comparison table as fixed-width text (numbers through ``fmt``, e.g. the chapter's ``ch.fmt``)."""
+    head = ("loss", "|dl/dpi-|/|dl/dpi+| at end", "ratio as pi-->0", "dl/dpi+ as pi-->0", "vanishes?",
+            "dl/dpi- as pi-->0", "balanced (log)?")
+    body = [(n, fmt(r["ratio_at_end"]), r["ratio_limit"], r["d_pi_plus_limit"], "yes" if r["d_pi_plus_vanishes"] else "no",
+             r["d_pi_minus_limit"], "yes" if r["balanced_log"] else "no") for n, r in rows.items()]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in body]
+    return "\n".join(out)
+
+
+def erratum_markdown(e: Erratum) -> str:
+    """Markdown for one erratum: where, kind, quantity, printed and corrected forms, explanation."""
+    defs = e._definitions() if not callable(e.definitions) else {}
+    lines = [f"**{e.paper} {e.where}** ({e.kind}): ${e.quantity}$", "",
+             rf"$$\text{{printed:}}\quad {latex(e.printed)}$$", "",
+             rf"$$\text{{corrected:}}\quad {latex(e.corrected)}$$", ""]
+    if C_SYM in defs:
+        a = sp.Symbol("alpha")
+        lines += [rf"$$\text{{with}}\quad {latex(C_SYM)} = {latex(a * BETA_P * PI_P ** (-BETA_P) * PI_M ** BETA_M)},"
+                  rf"\quad \alpha = {latex(ALPHA_FLEX)},$$", "",
+                  r"$\pi^\pm_{i,c}$ the softmax probability of token $c$ at position $i$, $x^\pm_{i,c}$ its logit.", ""]
+    lines += [e.explanation]
+    return "\n".join(lines)
+
+
+def errata_text(checks: Mapping[str, Mapping[str, Any]], fmt: Callable[[Any], str]) -> str:
+    """The errata's numeric checks as fixed-width text: printed, corrected, derivation, relative errors."""
+    head = ("erratum", "printed", "corrected", "derivation", "rel. err. printed", "rel. err. corrected")
+    body = [(i, fmt(c["printed"]), fmt(c["corrected"]), fmt(c["derivation"]), fmt(c["printed_rel_err"]),
+             fmt(c["corrected_rel_err"])) for i, c in checks.items()]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in body]
+    return "\n".join(out)
+
+
+def plot_gradient_paths(paths: Mapping[str, Mapping[str, Any]], ncols: int = 3):
+    """Small multiples, one panel per loss: |dl/dpi+| and |dl/dpi-| against pi- (log-log) along the
+    paths of :func:`gradient_path`. Exact zeros (e.g. SLiC's inactive hinge) are left out of the log plot.
+    Returns ``(fig, axes)``."""
+    import numpy as np
+
+    from .plotting import ROLE_COLORS, loss_label, small_multiples
+
+    fig, axes = small_multiples(len(paths), ncols=ncols, sharex=True, sharey=False)
+    for ax, (name, path) in zip(axes, paths.items()):
+        x = np.asarray(path["pi_minus"])
+        for key, role, lab in (("d_pi_plus", "chosen", r"$|\partial\ell/\partial\pi^+|$"),
+                               ("d_pi_minus", "rejected", r"$|\partial\ell/\partial\pi^-|$")):
+            y = np.abs(np.asarray(path[key], dtype=float))
+            y = np.where(y > 0, y, np.nan)
+            ax.loglog(x, y, color=ROLE_COLORS[role], label=lab)
+        ax.set_title(loss_label(name))
+        ax.set_xlabel(r"$\pi^-$ (falling $\rightarrow$)")
+    axes[0].invert_xaxis()  # shared x: once inverts all panels
+    axes[0].legend(loc="best")
+    return fig, axes
+
+
+# ============================================================================ claims that need a condition
+@dataclass(frozen=True)
+class Note:
+    """A printed claim (not an equation) that holds only under a condition the paper does not state.
+
+    ``check()`` returns the numbers that show it, computed from the derivation.
+    """
+
+    id: str
+    source: str
+    claim: str
+    finding: str
+    check: Callable[[], dict[str, float]] | None = None
+
+
+def _rate_002(x1: float, x2: float, beta: float = 0.1) -> float:
+    """002 Cor. 1's update rate |dL/dx1 / dL/dx2| at (x1, x2), from the derivation."""
+    e = sp.Abs(_x_coords(derived("dpo", "d_pi_plus") * REF_P / (derived("dpo", "d_pi_minus") * REF_M)))
+    return evaluate(e, {X1: x1, X2: x2, BETA: beta, REF_P: 0.12, REF_M: 0.12})
+
+
+def _imbalance_004(pw: float, pl: float, beta: float = 1.0) -> float:
+    """|dL/dpi_w| / |dL/dpi_l| of DPO (004 Definition 1: > 1 is 'positively imbalanced')."""
+    e = sp.Abs(derived("dpo", "d_pi_plus") / derived("dpo", "d_pi_minus"))
+    return evaluate(e, {PI_P: pw, PI_M: pl, REF_P: 0.2, REF_M: 0.2, BETA: beta})
+
+
+NOTES: list[Note] = [
+    Note("002-remark1", "002 Remark 1",
+         "the update rate x2/x1 < 1 holds for any pairwise preference data",
+         "It holds only once x1 > x2. At the start of training (pi = pi_ref) x1 = x2 = 1 and the rate is 1; "
+         "for a pair the policy mis-orders (x2 > x1) it exceeds 1.",
+         lambda: {"rate at x1 = x2 = 1": _rate_002(1.0, 1.0), "rate at x1 = 0.5, x2 = 2": _rate_002(0.5, 2.0)}),
+    Note("004-cor1", "004 Corollary 1",
+         "standard DPO loss is negatively imbalanced",
+         "By 004 eq. 2, |dL/dpi_w| / |dL/dpi_l| = pi_l/pi_w: DPO is negatively imbalanced only where "
+         "pi_w > pi_l; where the preferred response is the less likely one it is positively imbalanced.",
+         lambda: {"|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.3, pi_l = 0.1": _imbalance_004(0.3, 0.1),
+                  "|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.1, pi_l = 0.3": _imbalance_004(0.1, 0.3)}),
+    Note("004-thm3", "004 Theorem 3, third statement",
+         "if y* is a local extremum of w and y* > mu_q, then an extremum of w pi lies in (y*, mu_p)",
+         "With mu_p <= mu_q < y* that interval is empty; the condition must read y* < mu_p, as the proof "
+         "assumes ('the closest local extremum of w(y) to mu_p').", None),
+]
+
+
+def note_markdown(note: Note, fmt: Callable[[Any], str]) -> str:
+    """Markdown for one :class:`Note`, with its computed numbers formatted by ``fmt``."""
+    lines = [f"**{note.source}** claims: *{note.claim}*. {note.finding}"]
+    if note.check is not None:
+        lines += [""] + [f"- {k}: {fmt(v)}" for k, v in note.check().items()]
+    return "\n".join(lines)

@@ -1,0 +1,332 @@
+"""Tests of prefdyn.fields: grids vs pointwise gradients and the closed forms of 002 eq. 2 / 000 Sec. 3.1,
+Corollary 1 of 002 and 000 (the DPO gradient ratio), flows that stay in bounds and conserve probability,
+region statistics, and one-line ValueErrors for bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from prefdyn import fields as F
+from prefdyn.losses import LOSS_NAMES, nbdpo_lambda, pair_loss
+
+D = torch.float64
+
+
+# ----------------------------------------------------------------------------- grids vs pointwise
+@pytest.mark.parametrize("loss", list(LOSS_NAMES))
+def test_grid_equals_pointwise(loss):
+    """One vectorised grid call == the same loss evaluated point by point (pairs do not interact)."""
+    fld = F.field_grid(loss, 6, coords="prob", ref_chosen=0.4, ref_rejected=0.7)
+    for i, j in [(0, 0), (0, 5), (3, 2), (5, 5), (2, 4)]:
+        v, gc, gr = F.loss_and_grad(loss, fld.chosen[j], fld.rejected[i], coords="prob", ref_chosen=0.4,
+                                    ref_rejected=0.7)
+        assert torch.allclose(v, fld.value[i, j], rtol=1e-12, atol=1e-14)
+        assert torch.allclose(gc, fld.grad_chosen[i, j], rtol=1e-10, atol=1e-14)
+        assert torch.allclose(gr, fld.grad_rejected[i, j], rtol=1e-10, atol=1e-14)
+    # The value is the loss zoo's own value at log pi (one source of truth).
+    C, R = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
+    ref = pair_loss(loss, C.log(), R.log(), torch.tensor(0.4, dtype=D).log(), torch.tensor(0.7, dtype=D).log())
+    assert torch.allclose(fld.value, ref, rtol=1e-13)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+@pytest.mark.parametrize("ref", [(1.0, 1.0), (0.3, 0.6)])
+def test_dpo_ratio_coords_match_002_eq2(beta, ref):
+    """002 Thm. 1 / eq. 2: dl/dx1 = -b x2^b / (x1 (x1^b + x2^b)), dl/dx2 = b x2^(b-1) / (x1^b + x2^b),
+    for any pi_ref (DPO depends on x only); and the loss is 002 eq. 1, -log(x1^b / (x1^b + x2^b))."""
+    fld = F.field_grid("dpo", 40, coords="ratio", ref_chosen=ref[0], ref_rejected=ref[1], beta=beta)
+    x1, x2 = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
+    b = beta
+    assert torch.allclose(fld.grad_chosen, -b * x2**b / (x1 * (x1**b + x2**b)), rtol=1e-11)
+    assert torch.allclose(fld.grad_rejected, b * x2 ** (b - 1) / (x1**b + x2**b), rtol=1e-11)
+    assert torch.allclose(fld.value, -torch.log(x1**b / (x1**b + x2**b)), rtol=1e-11)
+    assert float(fld.chosen.max()) <= 1 / ref[0] and float(fld.rejected.max()) <= 1 / ref[1]
+
+
+def test_ratio_and_prob_coordinates_are_related_by_the_chain_rule():
+    """x = pi / pi_ref  =>  dl/dx = pi_ref dl/dpi at the same policy."""
+    rc, rr = 0.5, 0.25
+    pi_c = torch.tensor([0.05, 0.2, 0.4], dtype=D)
+    pi_r = torch.tensor([0.1, 0.2, 0.25], dtype=D)
+    for loss in ("sft_dpo", "ipo", "dpop", "bdpo"):
+        vp, gcp, grp = F.loss_and_grad(loss, pi_c, pi_r, coords="prob", ref_chosen=rc, ref_rejected=rr)
+        vx, gcx, grx = F.loss_and_grad(loss, pi_c / rc, pi_r / rr, coords="ratio", ref_chosen=rc, ref_rejected=rr)
+        assert torch.allclose(vp, vx, rtol=1e-12)
+        assert torch.allclose(gcx, rc * gcp, rtol=1e-10)
+        assert torch.allclose(grx, rr * grp, rtol=1e-10)
+
+
+@pytest.mark.parametrize("loss", ["sft_dpo", "ipo", "slic", "dpop", "flex_dpo"])
+def test_autograd_matches_central_differences(loss):
+    """Losses without detached weights: the gradient is the derivative of the value (central differences)."""
+    c = torch.tensor([0.13, 0.52, 0.81], dtype=D)
+    r = torch.tensor([0.27, 0.09, 0.66], dtype=D)
+    h = 1e-6
+    _, gc, gr = F.loss_and_grad(loss, c, r, coords="prob", ref_chosen=0.6, ref_rejected=0.35)
+    f = lambda a, b: F.loss_and_grad(loss, a, b, coords="prob", ref_chosen=0.6, ref_rejected=0.35)[0]
+    assert torch.allclose(gc, (f(c + h, r) - f(c - h, r)) / (2 * h), rtol=1e-6, atol=1e-8)
+    assert torch.allclose(gr, (f(c, r + h) - f(c, r - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+
+
+def test_nbdpo_field_is_dpo_field_with_lambda_on_the_chosen_gradient():
+    """004 eq. 25-26 (as implemented): same value as DPO, dl/dpi+ multiplied by the detached lambda."""
+    nb = F.field_grid("nbdpo", 12, coords="prob", beta=0.1)
+    dp = F.field_grid("dpo", 12, coords="prob", beta=0.1)
+    C, R = torch.meshgrid(nb.chosen, nb.rejected, indexing="xy")
+    lam = nbdpo_lambda(C.log(), R.log(), 0.5, False)
+    assert torch.equal(nb.value, dp.value)
+    assert torch.allclose(nb.grad_chosen, lam * dp.grad_chosen, rtol=1e-12)
+    assert torch.allclose(nb.grad_rejected, dp.grad_rejected, rtol=1e-12)
+    assert float(lam.max()) > 1.4  # the reweighting is active somewhere on the grid
+
+
+def test_reward_model_field_is_balanced():
+    """000 Sec. 4: dl/dr+ = -dl/dr- = -1/(1 + exp(r+ - r-)); the ratio is 1 everywhere."""
+    fld = F.field_grid("reward_model", 21, coords="reward")
+    rp, rm = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
+    assert torch.allclose(fld.grad_chosen, -1 / (1 + torch.exp(rp - rm)), rtol=1e-12)
+    assert torch.allclose(fld.grad_rejected, -fld.grad_chosen, rtol=1e-12)
+    assert torch.allclose(fld.ratio, torch.ones_like(fld.ratio), rtol=1e-12)
+    assert float(fld.chosen[0]) > -5 and float(fld.chosen[-1]) < 5
+
+
+def test_symbolic_gradients_agree_with_autograd():
+    """The lambdified sympy gradients of prefdyn.symbolic (independent derivation) == autograd on the grid."""
+    symbolic = pytest.importorskip("prefdyn.symbolic")
+    if not hasattr(symbolic, "numeric_gradients"):
+        pytest.skip("prefdyn.symbolic.numeric_gradients not available")
+    for loss, params in (("dpo", {"beta": 0.3}), ("sft_dpo", {}), ("ipo", {}), ("slic", {}), ("nbdpo", {"beta": 0.5})):
+        fld = F.field_grid(loss, 15, coords="prob", ref_chosen=0.35, ref_rejected=0.8, **params)
+        C, R = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
+        gc, gr = symbolic.numeric_gradients(loss, **params)(C.numpy(), R.numpy(), 0.35, 0.8)
+        assert torch.allclose(fld.grad_chosen, torch.from_numpy(gc), rtol=1e-9, atol=1e-12)
+        assert torch.allclose(fld.grad_rejected, torch.from_numpy(gr), rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- Corollary 1 and the ratio
+@pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 3.0])
+def test_dpo_ratio_is_x1_over_x2(beta):
+    """002 Cor. 1 (eq. 3): |dl/dx1| / |dl/dx2| = x2/x1, i.e. our ratio |dl/dx2|/|dl/dx1| = x1/x2, for any beta."""
+    fld = F.field_grid("dpo", 50, coords="ratio", beta=beta)
+    x1, x2 = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
+    assert torch.allclose(fld.ratio, x1 / x2, rtol=1e-10)
+
+
+def test_dpo_ratio_is_pi_plus_over_pi_minus_with_a_reference():
+    """000 Cor. 1: (dl/dpi-) / (dl/dpi+) = -pi+/pi-, whatever pi_0."""
+    fld = F.field_grid("dpo", 30, coords="prob", ref_chosen=0.2, ref_rejected=0.9, beta=0.1)
+    C, R = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
+    assert torch.allclose(fld.grad_rejected / fld.grad_chosen, -C / R, rtol=1e-10)
+
+
+def test_grid_fraction_matches_the_exact_area():
+    """On the unit square x1/x2 > k on a fraction 1/(2k) of the area; the cell-centre grid reproduces it."""
+    fld = F.field_grid("dpo", 400, coords="ratio", beta=0.1)
+    fr = fld.fractions((1.0, 10.0, 100.0))
+    assert F.dpo_ratio_area(10) == pytest.approx(0.05)
+    assert F.dpo_ratio_area(100) == pytest.approx(0.005)
+    assert fr[1.0] == pytest.approx(0.5, abs=0.01)
+    assert fr[10.0] == pytest.approx(F.dpo_ratio_area(10), abs=2e-3)
+    assert fr[100.0] == pytest.approx(F.dpo_ratio_area(100), abs=2e-3)
+    # a box that is not square (pi_ref < 1): both branches of the area formula
+    assert F.dpo_ratio_area(2, a=4.0, b=1.0) == pytest.approx((4 - 1) / 4)
+    fld2 = F.field_grid("dpo", 400, coords="ratio", ref_chosen=0.25, ref_rejected=1.0)
+    assert fld2.fractions((2.0,))[2.0] == pytest.approx(F.dpo_ratio_area(2, a=4.0, b=1.0), abs=5e-3)
+
+
+def test_gradient_ratio_edge_cases():
+    r = F.gradient_ratio(torch.tensor([0.0, 0.0, 2.0, -1.0]), torch.tensor([0.0, 3.0, 1.0, -5.0]))
+    assert math.isnan(r[0]) and math.isinf(r[1]) and r[2] == 0.5 and r[3] == 5.0
+    fr = F.ratio_fractions(r, (1.0,))
+    assert fr[1.0] == 0.5  # inf counts, nan does not
+
+
+def test_ipo_gradient_vanishes_on_its_target_margin():
+    """IPO reaches its target margin 1/(2 beta) inside the unit square: the gradient vanishes (ratio nan)."""
+    fld = F.field_grid("ipo", 101, coords="prob", beta=2.0)  # target margin 0.25: pi+/pi- = e^0.25
+    assert bool(torch.isfinite(fld.value).all())
+    assert float(fld.magnitude.min()) < 0.05 * float(fld.magnitude.median())
+
+
+# ----------------------------------------------------------------------------- flows
+def _all_flows(method="euler", n_steps=300):
+    losses = [l for l in LOSS_NAMES]
+    return F.gradient_flows(losses, F.corner_starts(), n_steps=n_steps, method=method,
+                            lr={"box": 0.02, "simplex": 0.2}, params={l: {} for l in losses})
+
+
+@pytest.fixture(scope="module")
+def flows():
+    return _all_flows()
+
+
+def test_box_flows_stay_in_the_box(flows):
+    for (loss, space), fl in flows.items():
+        if space != "box":
+            continue
+        assert fl.probs.shape == (301, 4, 2)
+        assert float(fl.probs.min()) >= fl.eps and float(fl.probs.max()) <= 1.0, loss
+        assert bool(torch.isfinite(fl.loss_path).all()), loss
+
+
+def test_simplex_flows_conserve_probability(flows):
+    for (loss, space), fl in flows.items():
+        if space != "simplex":
+            continue
+        assert fl.probs.shape == (301, 4, 3)
+        assert float(fl.probs.min()) >= 0 and float(fl.probs.max()) <= 1
+        assert torch.allclose(fl.probs.sum(2), torch.ones(301, 4, dtype=D), atol=1e-12), loss
+        # softmax invariance: the logit gradient sums to zero, so the sum of the logits is conserved
+        zsum = fl.logits.sum(2)
+        assert torch.allclose(zsum, zsum[0].expand_as(zsum), atol=1e-9), loss
+        # the start is the requested point
+        assert torch.allclose(fl.probs[0, :, :2], fl.starts, atol=1e-12)
+
+
+def test_rk4_flows_stay_in_bounds_and_agree_with_euler_for_small_steps():
+    st = torch.tensor([[0.2, 0.3], [0.4, 0.1]], dtype=D)
+    rk = F.gradient_flows(["dpo", "ipo"], st, n_steps=60, method="rk4", lr={"box": 0.02, "simplex": 0.2})
+    eu = F.gradient_flows(["dpo"], st, n_steps=600, method="euler", lr={"box": 0.002, "simplex": 0.02})
+    for (loss, space), fl in rk.items():
+        assert bool(torch.isfinite(fl.probs).all())
+        if space == "box":
+            assert float(fl.probs.min()) >= fl.eps and float(fl.probs.max()) <= 1.0
+        else:
+            assert torch.allclose(fl.probs.sum(2), torch.ones_like(fl.probs[..., 0]), atol=1e-12)
+    # Same time t = 1.2 (box) / 12 (simplex): RK4 with 60 steps ~ Euler with 600 ten-times-smaller steps.
+    for space in ("box", "simplex"):
+        assert torch.allclose(rk[("dpo", space)].probs[-1], eu[("dpo", space)].probs[-1], atol=5e-3)
+
+
+def test_single_and_batched_flows_agree():
+    st = F.corner_starts()
+    one = F.gradient_flow("sft_dpo", st, space="simplex", n_steps=50, lr=0.2, beta=0.2, gamma=0.05)
+    many = F.gradient_flows(["dpo", "sft_dpo"], st, spaces=["box", "simplex"], n_steps=50,
+                            lr={"box": 0.02, "simplex": 0.2}, params={"sft_dpo": {"beta": 0.2, "gamma": 0.05}})
+    assert torch.allclose(one.probs, many[("sft_dpo", "simplex")].probs, rtol=0, atol=1e-14)
+    assert one.params == {"beta": 0.2, "gamma": 0.05}
+
+
+def test_dpo_descends_and_moves_the_right_way(flows):
+    """DPO's flow lowers the loss, raises pi+ and lowers pi- (002 Sec. 3.2: x1 up, x2 down)."""
+    for space in ("box", "simplex"):
+        fl = flows[("dpo", space)]
+        assert bool((fl.loss_path[-1] < fl.loss_path[0]).all())
+        assert bool((fl.probs[-1, :, 0] > fl.probs[0, :, 0]).all())
+        assert bool((fl.probs[-1, :, 1] < fl.probs[0, :, 1]).all())
+    # free logits: DPO's logit gradient is balanced (g+ = -g-), so the rest logit never moves
+    z = flows[("dpo", "simplex")].logits
+    assert torch.allclose(z[:, :, 2], z[0, :, 2].expand_as(z[:, :, 2]), atol=1e-12)
+
+
+def test_box_flow_clamps_at_the_floor():
+    """000 Cor. 2: dl/dpi- ~ (pi-)^(beta-1) diverges, so pi- hits the floor eps and stays there."""
+    fl = F.gradient_flow("dpo", [[0.5, 0.02]], space="box", n_steps=50, lr=0.01, eps=1e-6)
+    assert float(fl.probs[-1, 0, 1]) == pytest.approx(1e-6)
+    rs = F.region_stats(fl)[0]
+    assert 0 < rs["steps_to_rejected"] < 50
+
+
+def test_reference_per_start():
+    st = F.corner_starts()
+    fl = F.gradient_flow("dpo", st, space="simplex", n_steps=5, ref_chosen=st[:, 0], ref_rejected=st[:, 1])
+    assert torch.allclose(fl.ref, st)
+    # pi = pi_ref at the start: the DPO loss is log 2 at every start
+    assert torch.allclose(fl.loss_path[0], torch.full((4,), math.log(2), dtype=D))
+
+
+# ----------------------------------------------------------------------------- region statistics
+def test_region_stats_on_a_hand_made_flow():
+    probs = torch.tensor([[[0.1, 0.5, 0.4], [0.1, 0.5, 0.4], [0.5, 0.3, 0.2]],
+                          [[0.5, 0.2, 0.3], [0.1, 0.05, 0.85], [0.5, 0.3, 0.2]],
+                          [[0.95, 0.005, 0.045], [0.1, 0.005, 0.895], [0.5, 0.3, 0.2]]], dtype=D)
+    fl = F.Flow(loss="dpo", space="simplex", method="euler", lr=1.0, n_steps=2, params={},
+                starts=probs[0, :, :2], ref=torch.ones(3, 2, dtype=D), probs=probs,
+                loss_path=torch.zeros(3, 3, dtype=D), logits=probs.log())
+    rs = F.region_stats(fl)
+    assert [r["steps_to_chosen"] for r in rs] == [2, -1, -1]
+    assert [r["steps_to_rejected"] for r in rs] == [2, 2, -1]
+    assert [r["end"] for r in rs] == ["preferred", "unlearning only", "stalled"]
+    assert rs[1]["final_rest"] == pytest.approx(0.895) and rs[0]["min_chosen"] == pytest.approx(0.1)
+    rs_box = F.region_stats(F.gradient_flow("dpo", [[0.95, 0.5]], n_steps=3))
+    assert rs_box[0]["steps_to_chosen"] == 0 and rs_box[0]["final_rest"] is None
+
+
+def test_flows_are_deterministic():
+    a = F.gradient_flows(["bdpo", "slic"], F.corner_starts(), n_steps=40)
+    b = F.gradient_flows(["bdpo", "slic"], F.corner_starts(), n_steps=40)
+    for k in a:
+        assert torch.equal(a[k].probs, b[k].probs)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("call, match", [
+    (lambda: F.field_grid("nosuch"), "loss must be one of"),
+    (lambda: F.field_grid("dpo", 1), "n must be an integer"),
+    (lambda: F.field_grid("dpo", 10.0), "n must be an integer"),
+    (lambda: F.field_grid("dpo", coords="logit"), "coords must be one of"),
+    (lambda: F.field_grid("dpo", coords="reward"), "does not fit loss"),
+    (lambda: F.field_grid("reward_model", coords="prob"), "does not fit loss"),
+    (lambda: F.field_grid("reward_model", coords="reward", beta=0.1), "takes no parameters"),
+    (lambda: F.field_grid("dpo", beta=-1.0), "beta"),
+    (lambda: F.field_grid("dpo", gamma=0.1), "unknown parameter"),
+    (lambda: F.field_grid("dpo", ref_chosen=1.5), "ref_chosen and ref_rejected"),
+    (lambda: F.field_grid("dpo", ref_chosen=0.0), "ref_chosen"),
+    (lambda: F.field_grid("dpo", coords="prob", chosen_range=(0.5, 0.2)), "chosen_range"),
+    (lambda: F.field_grid("dpo", coords="prob", chosen_range=(0.1, 1.5)), "chosen_range"),
+    (lambda: F.loss_and_grad("dpo", 0.0, 0.5), "chosen"),
+    (lambda: F.loss_and_grad("dpo", 0.5, 1.2), "rejected"),
+    (lambda: F.loss_and_grad("dpo", float("nan"), 0.5), "finite"),
+    (lambda: F.loss_and_grad("dpo", "a", 0.5), "chosen must be a number"),
+    (lambda: F.loss_and_grad("dpo", 3.0, 0.5, coords="ratio", ref_chosen=0.5), "1/ref_chosen"),
+    (lambda: F.loss_and_grad("dpo", [0.1, 0.2], [0.1, 0.2, 0.3]), "broadcastable"),
+    (lambda: F.gradient_flow("reward_model", [[0.1, 0.1]]), "no probability coordinates"),
+    (lambda: F.gradient_flow("nosuch", [[0.1, 0.1]]), "loss must be one of"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], space="sphere"), "space must be one of"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], method="rk45"), "method must be one of"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=0), "n_steps"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], lr=-0.1), "lr"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], eps=0.0), "eps"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1, 0.1]]), "shape"),
+    (lambda: F.gradient_flow("dpo", [[0.6, 0.6]], space="simplex"), "pi\\+ \\+ pi- < 1"),
+    (lambda: F.gradient_flow("dpo", [[0.0, 0.5]]), "starts"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], ref_chosen=[0.5, 0.5]), "one value per start"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], beta=0.0), "beta"),
+    (lambda: F.gradient_flows("dpo", [[0.1, 0.1]]), "non-empty list"),
+    (lambda: F.gradient_flows(["dpo", "dpo"], [[0.1, 0.1]]), "repeat"),
+    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], params={"ipo": {}}), "params must map"),
+    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], spaces=["box", "box"]), "spaces"),
+    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], lr={"box": 0.1}), "every space"),
+    (lambda: F.corner_starts(0.3, 0.2), "low must be < high"),
+    (lambda: F.corner_starts(0.1, 0.6), "high"),
+    (lambda: F.region_stats("flow"), "flow must be a Flow"),
+    (lambda: F.region_stats(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=1), chosen_target=1.5), "targets?"),
+    (lambda: F.ratio_fractions(torch.ones(3), (0.0,)), "thresholds"),
+    (lambda: F.dpo_ratio_area(-1.0), "k must be"),
+])
+def test_bad_input_raises_one_line_value_error(call, match):
+    with pytest.raises(ValueError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_plot_helpers_draw_labelled_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fld = F.field_grid("dpo", 21, coords="ratio")
+    fig, (a, b) = plt.subplots(1, 2)
+    cs = F.plot_landscape(a, fld)
+    lines = F.plot_field(b, fld)
+    assert a.get_xlabel() and a.get_ylabel() and b.get_xlabel() and b.get_ylabel()
+    assert cs.levels.size > 2 and lines.norm.vmin > 0 and lines.get_array().size > 0
+    rm = F.field_grid("reward_model", 11, coords="reward")
+    assert "r^+" in F.plot_landscape(a, rm).axes.get_xlabel()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="coords"):
+        F.axis_labels("logits")

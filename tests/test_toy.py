@@ -1,0 +1,216 @@
+"""Tests of the batched toy trainer ``prefdyn.toy`` (000 Sec. 3.2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from prefdyn import losses as L
+from prefdyn import toy
+
+F64 = dict(dtype=torch.float64, device="cpu", progress=False)
+
+
+# ---------------------------------------------------------------------------------- the space
+def test_spec_roles_partition_the_responses():
+    spec = toy.ToySpec()
+    assert spec.n_responses == 10
+    masks = spec.role_masks()
+    total = sum(m.to(torch.int64) for m in masks.values())
+    assert torch.equal(total, torch.ones(4, 10, dtype=torch.int64))
+    assert spec.role_of(2, 2) == "chosen" and spec.role_of(2, 0) == "other"
+    assert spec.role_of(0, 5) == "rejected" and spec.role_of(0, 9) == "unseen"
+
+
+def test_initial_distributions():
+    spec = toy.ToySpec()
+    p = toy.initial_distribution(spec)                  # 000 Sec. 3.2.2: 0.12 each, 0.02 per unseen
+    assert torch.allclose(p.sum(-1), torch.ones(4, dtype=torch.float64))
+    assert p[1, 1] == pytest.approx(0.12) and p[1, 6] == pytest.approx(0.12) and p[1, 9] == pytest.approx(0.02)
+    for name, (c_on, r_on) in toy.SCENARIOS.items():
+        q = toy.scenario_distribution(spec, name, on=0.12, off=0.01)
+        assert torch.allclose(q.sum(-1), torch.ones(4, dtype=torch.float64))
+        assert q[0, 0] == pytest.approx(0.12 if c_on else 0.01)
+        assert q[0, 4] == pytest.approx(0.12 if r_on else 0.01)
+
+
+# ---------------------------------------------------------------------------------- policies
+def test_member_init_does_not_depend_on_the_batch():
+    spec = toy.ToySpec()
+    big = toy.MLPPolicy(spec, [0, 3, 5, 11], device="cpu", dtype=torch.float64)
+    one = toy.MLPPolicy(spec, [5], device="cpu", dtype=torch.float64)
+    assert torch.equal(big.flat()[2], one.flat()[0])
+    assert not torch.equal(big.flat()[0], big.flat()[1])
+    # the nn.Linear bound U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    w2 = big.params["W2"]
+    w2 = w2.detach()
+    assert float(w2.abs().max()) <= 1 / math.sqrt(64) and float(w2.abs().max()) > 0.9 / math.sqrt(64)
+
+
+def test_sft_hits_the_target_distribution():
+    spec = toy.ToySpec()
+    target = toy.scenario_distribution(spec, "s3", on=0.2, off=0.02)
+    pol = toy.MLPPolicy(spec, 4, device="cpu", dtype=torch.float64)
+    fit = toy.sft(pol, target, steps=500, lr=1e-2)
+    assert float(fit["max_abs_err"].max()) < 2e-3
+    assert float(fit["kl"].max()) < 1e-4
+    assert torch.allclose(pol.probs(), target.expand(4, 4, 10), atol=2e-3)
+    tab = toy.TabularPolicy(spec, 2, device="cpu", dtype=torch.float64)
+    fit = toy.sft(tab, target)                               # exact for the tabular policy
+    assert float(fit["max_abs_err"].max()) < 1e-12
+
+
+def test_batched_adam_matches_torch_adam():
+    torch.manual_seed(0)
+    M = 3
+    lrs = [1e-2, 1e-2, 3e-3]
+    x0 = [torch.randn(M, 4, 5, dtype=torch.float64), torch.randn(M, 1, 5, dtype=torch.float64)]
+    for fused in (True, False):
+        ps = [x.clone().requires_grad_(True) for x in x0]
+        opt = toy.BatchedAdam(ps, torch.tensor(lrs, dtype=torch.float64), fused=fused)
+        refs = [[x[m].clone().requires_grad_(True) for x in x0] for m in range(M)]
+        ref_opts = [torch.optim.Adam(r, lr=lrs[m]) for m, r in enumerate(refs)]
+        for _ in range(25):
+            loss = sum(((p - 0.3) ** 4).sum() + (p.sin() * p).sum() for p in ps)
+            opt.step(torch.autograd.grad(loss, ps))
+            for r, o in zip(refs, ref_opts):
+                o.zero_grad()
+                sum(((p - 0.3) ** 4).sum() + (p.sin() * p).sum() for p in r).backward()
+                o.step()
+        for m in range(M):
+            for p, r in zip(ps, refs[m]):
+                assert torch.allclose(p[m], r, atol=1e-12, rtol=0), fused
+
+
+# ---------------------------------------------------------------------------------- training
+def test_batched_member_equals_the_same_run_alone():
+    configs = [
+        {"loss": "dpo", "loss_params": {"beta": 0.1}},
+        {"loss": "dpo", "loss_params": {"beta": 0.3}, "init": "s2"},     # merged group: beta as a tensor
+        {"loss": "ipo", "loss_params": {"beta": 0.5}, "lr": 3e-3},
+    ]
+    kw = dict(steps=25, sft_steps=30, hidden=16, **F64)
+    big = toy.run_grid(configs, [3, 5, 7], **kw)
+    for ci, cfg in enumerate(configs):
+        alone = toy.run_grid([cfg], [5], **kw)
+        m = big.members_of(ci)[1]                                          # seed 5 of this config
+        for name in toy.RECORDS:
+            np.testing.assert_allclose(big.records[name][:, m], alone.records[name][:, 0], rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{cfg} {name}")
+        np.testing.assert_allclose(big.policy.flat()[m].numpy(), alone.policy.flat()[0].numpy(), rtol=0, atol=1e-12)
+    # the configurations really differ
+    assert not np.allclose(big.records["chosen"][:, 0], big.records["chosen"][:, 3])
+
+
+@pytest.mark.parametrize("loss,params", [("dpo", {}), ("sft_dpo", {"gamma": 0.5}), ("slic", {}),
+                                         ("bdpo", {}), ("flex_dpo", {}), ("nbdpo", {"symmetric": True})])
+def test_recorded_gradients_match_autograd(loss, params):
+    """dl/dpi+- recorded in the training backward == logprob_grads (autograd of prefdyn.losses) / pi."""
+    spec = toy.ToySpec()
+    K = 3
+    run = toy.run_grid([{"loss": loss, "loss_params": params}], [1, 2], steps=6, sft_steps=50, hidden=8,
+                       pairs_per_prompt=K, record_probs=True, **F64)
+    seeds = torch.tensor([1, 2])
+    ref = torch.as_tensor(run.init_probs).log()
+    pos = torch.arange(4).view(1, 4, 1).expand(2, 4, K)
+    for t in (0, 3, 6):
+        logp = torch.as_tensor(run.probs[t], dtype=torch.float64).log()   # probs stored in float32
+        neg = toy.sample_rejected(spec, seeds, torch.tensor([t]), K)[0]
+        lp, ln = logp.gather(2, pos), logp.gather(2, neg)
+        gc, gr = L.logprob_grads(loss, lp, ln, ref.gather(2, pos), ref.gather(2, neg), **params)
+        np.testing.assert_allclose(run.records["dlogp_chosen"][t], gc.mean(dim=(1, 2)).numpy(), rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(run.records["dlogp_rejected"][t], gr.mean(dim=(1, 2)).numpy(), rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(run.records["grad_chosen"][t], (gc.abs() / lp.exp()).mean(dim=(1, 2)).numpy(),
+                                   rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(run.records["grad_rejected"][t], (gr.abs() / ln.exp()).mean(dim=(1, 2)).numpy(),
+                                   rtol=2e-5, atol=1e-7)
+
+
+def test_dpo_gradient_ratio_is_corollary_1():
+    """000 Corollary 1: |dl/dpi-| / |dl/dpi+| = pi+/pi- (one prompt, one rejected response, so exact)."""
+    spec = toy.ToySpec(n_prompts=1, n_rejected=1, n_unseen=2)
+    init = {"p_chosen": 0.3, "p_rejected": 0.3}
+    run = toy.run_grid([{"loss": "dpo", "init": init}], 4, spec=spec, steps=200, lr=1e-2, sft_steps=100,
+                       hidden=16, pairs_per_prompt=1, **F64)
+    r = run.records
+    ratio = np.exp(r["log_grad_rejected"] - r["log_grad_chosen"])
+    np.testing.assert_allclose(ratio, np.exp(r["log_chosen"] - r["log_rejected"]), rtol=1e-8)
+    assert ratio[-1].min() > 100          # the drastic drop happened
+    ind = toy.member_indicators(run)
+    assert np.all(ind["grad_ratio_10_step"] < ind["grad_ratio_100_step"])
+
+
+def test_tabular_dpo_moves_only_the_pair_logits():
+    """For DPO the logit gradient is c (e- - e+): with the tabular policy and SGD, logits outside the
+    pairs (other prompts' optimal responses, unseen ones) never move."""
+    run = toy.run_grid([{"loss": "dpo"}], 2, policy="tabular", optimizer="sgd", lr=1.0, steps=40, **F64)
+    logits = run.policy.params["logits"].detach()
+    init = torch.as_tensor(run.init_probs).log()
+    masks = run.spec.role_masks()
+    moved = (logits - init - (logits - init)[..., -1:])               # up to a per-prompt constant
+    keep = masks["other"] | masks["unseen"]
+    assert float(moved[:, keep].abs().max()) < 1e-10
+    assert float(moved[:, masks["chosen"]].min()) > 0.1
+    assert np.all(np.diff(run.records["chosen"], axis=0) > 0)        # no degradation without shared parameters
+
+
+def test_same_parameters_same_numbers_and_summary():
+    kw = dict(steps=30, sft_steps=20, hidden=8, progress=False, device="cpu")
+    a = toy.run_grid([{"loss": "dpo"}, {"loss": "slic"}], 4, **kw)
+    b = toy.run_grid([{"loss": "dpo"}, {"loss": "slic"}], 4, **kw)
+    for k in toy.RECORDS:
+        assert np.array_equal(a.records[k], b.records[k])
+    s = toy.summarise(a)
+    assert set(s) == {"dpo", "slic"}
+    assert set(s["dpo"]) == set(toy.INDICATORS)
+    x = a.records["chosen"][:, a.members_of("dpo")].max(axis=0)
+    assert s["dpo"]["peak_chosen_prob"]["mean"] == pytest.approx(float(x.mean()))
+    ci = toy.mean_ci([1.0, 2.0, 3.0, np.nan])
+    assert ci["n"] == 3 and ci["frac"] == 0.75 and ci["mean"] == pytest.approx(2.0)
+    assert ci["hi"] - ci["mean"] == pytest.approx(4.302652729911275 / math.sqrt(3))   # t_{0.975, 2} * sd / sqrt(n)
+
+
+def test_bench_small():
+    res = toy.bench(members=4, steps=3, loop_members=2, hidden=8, progress=False, device="cpu")
+    assert res["loop_extrapolated"] and res["ratio"] > 0
+    assert res["max_abs_diff_final_probs"] < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_path_matches_cpu():
+    kw = dict(steps=20, sft_steps=20, hidden=16, dtype=torch.float64, progress=False)
+    gpu = toy.run_grid([{"loss": "dpo"}, {"loss": "ipo"}], 3, device="cuda", **kw)
+    cpu = toy.run_grid([{"loss": "dpo"}, {"loss": "ipo"}], 3, device="cpu", **kw)
+    assert gpu.settings["device"] == "cuda"
+    np.testing.assert_allclose(gpu.records["chosen"], cpu.records["chosen"], atol=1e-8)
+    assert toy.resolve_device("auto").type == "cuda"
+
+
+# ---------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("call,match", [
+    (lambda: toy.ToySpec(n_prompts=0), "n_prompts"),
+    (lambda: toy.ToySpec(n_unseen=-1), "n_unseen"),
+    (lambda: toy.initial_distribution(toy.ToySpec(), p_chosen=0.3, p_rejected=0.2), "p_chosen"),
+    (lambda: toy.initial_distribution(toy.ToySpec(), p_chosen=1.5), "p_chosen"),
+    (lambda: toy.scenario_distribution(toy.ToySpec(), "s5"), "scenario"),
+    (lambda: toy.make_policy("transformer", toy.ToySpec(), 2), "policy"),
+    (lambda: toy.MLPPolicy(toy.ToySpec(), 2, hidden=0), "hidden"),
+    (lambda: toy.MLPPolicy(toy.ToySpec(), [-1, 2]), "seeds"),
+    (lambda: toy.MLPPolicy(toy.ToySpec(), 2, device="tpu"), "device"),
+    (lambda: toy.run_grid([{"loss": "kto"}], 2, progress=False), "loss"),
+    (lambda: toy.run_grid([{"loss": "dpo", "loss_params": {"beta": -1.0}}], 2, progress=False), "beta"),
+    (lambda: toy.run_grid([{"loss": "dpo", "lr_typo": 1}], 2, progress=False), "configs"),
+    (lambda: toy.run_grid([{"loss": "dpo"}], 2, steps=-1, progress=False), "steps"),
+    (lambda: toy.run_grid([{"loss": "dpo"}], 2, lr=0.0, progress=False), "lr"),
+    (lambda: toy.run_grid([{"loss": "dpo"}], 2, optimizer="lion", progress=False), "optimizer"),
+    (lambda: toy.run_grid([{"loss": "dpo", "init": np.ones((3, 3))}], 2, progress=False), "init"),
+    (lambda: toy.run_grid([], 2, progress=False), "configs"),
+    (lambda: toy.sft(toy.TabularPolicy(toy.ToySpec(), 1), np.full((4, 10), 0.2)), "target"),
+    (lambda: toy.bench(members=4, loop_members=8, progress=False), "loop_members"),
+])
+def test_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
