@@ -13,7 +13,7 @@ import pytest
 from prefdyn import results
 from prefdyn.chapters import CHAPTERS, Chapter, Param, ParameterError, get_chapter
 from prefdyn.chapters import catalog
-from prefdyn.chapters.runner import ChapterFailed, clean_executed, run_chapter, run_name
+from prefdyn.chapters.runner import ChapterFailed, clean_executed, repo_root, run_chapter, run_name, source_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFDYN = [sys.executable, "-m", "prefdyn.cli"]
@@ -108,6 +108,13 @@ def test_results_default_to_a_run_folder_not_the_book(tmp_path, monkeypatch):
     monkeypatch.delenv(results.ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     assert results.results_path("demo") == tmp_path / "runs" / "demo" / "demo.json"
+
+
+def test_source_cell_ids_are_stable_and_unique():
+    chapter = get_chapter("dpo-margin")
+    a, b = source_notebook(chapter, repo_root()), source_notebook(chapter, repo_root())
+    ids = [c.id for c in a.cells]
+    assert ids == [c.id for c in b.cells] and len(set(ids)) == len(ids)
 
 
 def test_clean_executed_removes_timings():

@@ -174,8 +174,10 @@ def test_same_parameters_same_numbers_and_summary():
 
 
 def test_bench_small():
-    res = toy.bench(members=4, steps=3, loop_members=2, hidden=8, progress=False, device="cpu")
+    res = toy.bench(members=4, steps=3, loop_members=2, hidden=8, progress=False, device="cpu", threads=1,
+                    loop_threads=2)
     assert res["loop_extrapolated"] and res["ratio"] > 0
+    assert res["torch_threads"] == 1 and res["loop_torch_threads"] == 2
     assert res["max_abs_diff_final_probs"] < 1e-4
 
 
@@ -210,6 +212,7 @@ def test_cuda_path_matches_cpu():
     (lambda: toy.run_grid([], 2, progress=False), "configs"),
     (lambda: toy.sft(toy.TabularPolicy(toy.ToySpec(), 1), np.full((4, 10), 0.2)), "target"),
     (lambda: toy.bench(members=4, loop_members=8, progress=False), "loop_members"),
+    (lambda: toy.bench(members=4, loop_threads=0, progress=False), "loop_threads"),
 ])
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):

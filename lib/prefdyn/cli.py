@@ -112,7 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", help="which benchmark: toy")
     p.add_argument("--members", type=int, default=256, help="ensemble members (default 256)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the benchmark's own)")
+    p.add_argument("--loop-members", type=int, default=None,
+                   help="time the plain loop on this many members and scale linearly (default: all)")
+    p.add_argument("--loss", default="dpo", help="loss of prefdyn.losses (default dpo)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the batched trainer (default 1)")
+    p.add_argument("--loop-threads", type=int, default=None,
+                   help="torch intra-op threads of the plain loop (default: --threads)")
     p.add_argument("--out", default=None, help="JSON file for the result (default runs/bench/toy.json)")
     p.set_defaults(func=_cmd_bench)
     return parser

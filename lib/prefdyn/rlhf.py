@@ -374,8 +374,7 @@ def train_reward_model(ref_policy: BatchedPolicy, *, beta: float = 0.1, kind: st
     _check_positive("lr", lr)
     if kind not in toy.POLICIES:
         raise ValueError(f"kind: expected one of {', '.join(toy.POLICIES)}, got {kind!r}")
-    if optimizer not in toy.OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {', '.join(toy.OPTIMIZERS)}, got {optimizer!r}")
+    _check_optimizer(optimizer)
     spec, dev, dt = ref_policy.spec, ref_policy.device, ref_policy.dtype
     M, P, K = ref_policy.members, spec.n_prompts, pairs_per_prompt
     with torch.no_grad():
@@ -431,6 +430,28 @@ def train_reward_model(ref_policy: BatchedPolicy, *, beta: float = 0.1, kind: st
 # (b) Exact KL-regularised policy optimisation (000 eq. 4)
 # ================================================================================================
 
+def _check_optimizer(optimizer: str) -> None:
+    if optimizer not in toy.OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {', '.join(toy.OPTIMIZERS)}, got {optimizer!r}")
+
+
+def _policy_setup(policy: BatchedPolicy, reward, *, steps: int, lr: float, optimizer: str, record_every: int,
+                  pairs_per_prompt: int):
+    """What both policy optimisers of 000 eq. 4 start from: the reward tensor, a trainable copy of the
+    policy, its (detached) log-probs as the reference pi_0, the optimiser, the role masks, the recorder and
+    the DPO chapters' pair stream (for the comparable gradient records)."""
+    r = _reward_tensor(reward, policy)
+    pol = policy.clone()
+    with torch.no_grad():
+        ref_logp = pol.log_probs().detach()
+    leaves = pol.param_list()
+    opt = make_optimizer(optimizer, leaves, lr)
+    w = {k: v.to(torch.float64) for k, v in pol.spec.role_masks(device=pol.device).items()}
+    rec = _Recorder(list(toy.RECORDS) + list(EXTRA_RECORDS), steps, record_every, pol.members, pol.device,
+                    torch.float64)
+    return r, pol, ref_logp, leaves, opt, w, rec, _pairs(pol, steps, pairs_per_prompt)
+
+
 def rlhf_exact(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int = 1000, lr: float = 1e-3,
                optimizer: str = "adam", pairs_per_prompt: int = 4, record_every: int = 1,
                progress: bool = True, desc: str | None = None, threads: int | None = 1) -> RLHFRun:
@@ -446,19 +467,12 @@ def rlhf_exact(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int =
     toy.check_int("pairs_per_prompt", pairs_per_prompt, 1)
     toy.check_int("record_every", record_every, 1)
     _check_positive("lr", lr)
-    if optimizer not in toy.OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {', '.join(toy.OPTIMIZERS)}, got {optimizer!r}")
-    r = _reward_tensor(reward, policy)
-    pol = policy.clone()
+    _check_optimizer(optimizer)
+    r, pol, ref_logp, leaves, opt, w, rec, pairs = _policy_setup(policy, reward, steps=steps, lr=lr,
+                                                                 optimizer=optimizer, record_every=record_every,
+                                                                 pairs_per_prompt=pairs_per_prompt)
     spec, dev, dt, M = pol.spec, pol.device, pol.dtype, pol.members
-    with torch.no_grad():
-        ref_logp = pol.log_probs().detach()
-    leaves = pol.param_list()
-    opt = make_optimizer(optimizer, leaves, lr)
-    w = {k: v.to(torch.float64) for k, v in spec.role_masks(device=dev).items()}
-    rec = _Recorder(list(toy.RECORDS) + list(EXTRA_RECORDS), steps, record_every, M, dev, torch.float64)
     ref64, r64 = ref_logp.double(), r.double()
-    pairs = _pairs(pol, steps, pairs_per_prompt)
     with _cpu(dev, threads):
         for t in _bar(steps, desc or f"RLHF exact ({M} members)", progress):
             pos_idx, neg_idx = next(pairs)
@@ -531,19 +545,12 @@ def rlhf_ppo(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int = 1
         raise ValueError(f"baseline: expected one of {', '.join(BASELINES)}, got {baseline!r}")
     if baseline == "loo" and samples < 2:
         raise ValueError(f"samples: the 'loo' baseline needs at least 2 samples per prompt, got {samples!r}")
-    if optimizer not in toy.OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {', '.join(toy.OPTIMIZERS)}, got {optimizer!r}")
-    r = _reward_tensor(reward, policy)
-    pol = policy.clone()
+    _check_optimizer(optimizer)
+    r, pol, ref_logp, leaves, opt, w, rec, pairs = _policy_setup(policy, reward, steps=steps, lr=lr,
+                                                                 optimizer=optimizer, record_every=record_every,
+                                                                 pairs_per_prompt=pairs_per_prompt)
     spec, dev, dt, M = pol.spec, pol.device, pol.dtype, pol.members
-    with torch.no_grad():
-        ref_logp = pol.log_probs().detach()
-    leaves = pol.param_list()
-    opt = make_optimizer(optimizer, leaves, lr)
-    w = {k: v.to(torch.float64) for k, v in spec.role_masks(device=dev).items()}
-    rec = _Recorder(list(toy.RECORDS) + list(EXTRA_RECORDS), steps, record_every, M, dev, torch.float64)
     ref64, r64 = ref_logp.double(), r.double()
-    pairs = _pairs(pol, steps, pairs_per_prompt)
     a = adv = lp_old = None
     with _cpu(dev, threads):
         for t in _bar(steps, desc or f"RLHF PPO ({M} members)", progress):
@@ -641,8 +648,7 @@ def run_rlhf(seeds=32, *, spec: ToySpec | None = None, init=None, policy: str = 
         raise ValueError(f"policy: expected one of {', '.join(toy.POLICIES)}, got {policy!r}")
     if rm_kind not in toy.POLICIES:
         raise ValueError(f"rm_kind: expected one of {', '.join(toy.POLICIES)}, got {rm_kind!r}")
-    if optimizer not in toy.OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {', '.join(toy.OPTIMIZERS)}, got {optimizer!r}")
+    _check_optimizer(optimizer)
     if baseline not in BASELINES:
         raise ValueError(f"baseline: expected one of {', '.join(BASELINES)}, got {baseline!r}")
     if baseline == "loo" and samples < 2:

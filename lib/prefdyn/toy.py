@@ -90,7 +90,7 @@ __all__ = [
     "sft", "sample_rejected", "ToyConfig", "ToyRun", "run_grid", "train",
     "RECORDS", "member_indicators", "summarise", "summarise_members", "mean_ci", "geo_mean_ci", "curve_ci",
     "INDICATORS", "GEOMETRIC", "KEY_INDICATORS", "json_summary", "three_d", "plot_band", "role_probs",
-    "cpu_settings", "bench", "bench_cli", "add_cli",
+    "cpu_settings", "bench", "bench_cli",
     "as_seeds", "check_int", "resolve_init", "hash_keys",
 ]
 
@@ -1349,7 +1349,7 @@ def _single_run_reference(spec: ToySpec, hidden: int, activation: str, theta_row
 
 def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = None, loss: str = "dpo",
           hidden: int = 64, pairs_per_prompt: int = 4, lr: float = 1e-3, device="auto", threads: int | None = 1,
-          repeats: int = 3, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+          loop_threads: int | None = None, repeats: int = 3, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Time the same work (``members`` x ``steps`` preference-optimisation updates of the MLP toy, with
     all records) done by the batched trainer and by a plain loop of single runs (``nn.Sequential`` +
     ``torch.optim.Adam``, one member at a time, as a plain script would do it).
@@ -1360,7 +1360,9 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
     on the first members only and scales its time by ``members / loop_members`` (the loop's cost is
     linear in the members; ``loop_extrapolated`` says so). The batched trainer runs on ``device``
     (float32) after one untimed warm-up run, ``repeats`` times, and its median time is reported (the
-    loop, 256 runs long, averages the machine's load by itself); the loop runs on the CPU.
+    loop, 256 runs long, averages the machine's load by itself); the loop, after a short untimed warm-up
+    run, runs on the CPU with ``loop_threads`` intra-op threads (default: ``threads``; one thread is the loop's fastest setting on
+    the 2-core machine, so ``threads=2, loop_threads=1`` compares each side at its best).
     Returns a dict (and writes it as JSON to ``out`` when given).
     """
     from . import losses as L
@@ -1374,6 +1376,9 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
     check_int("repeats", repeats, 1)
     if threads is not None:
         check_int("threads", threads, 1)
+    loop_threads = threads if loop_threads is None else loop_threads
+    if loop_threads is not None:
+        check_int("loop_threads", loop_threads, 1)
     params = L.check_loss_params(loss)
     dev = resolve_device(device)
     spec = ToySpec()
@@ -1401,7 +1406,11 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
             t_run, p_final = batched()
             times.append(t_run)
         t_batched = float(np.median(times))
-        theta_cpu = theta0.cpu()
+        threads_used = torch.get_num_threads()
+    theta_cpu = theta0.cpu()
+    with cpu_settings(loop_threads):
+        _single_run_reference(spec, hidden, "relu", theta_cpu[0], pol.layout, int(seeds[0]), loss, params,
+                              min(steps, 5), lr, pairs_per_prompt)      # untimed warm-up, like the batched side
         t0 = time.perf_counter()
         finals = []
         for m in (bar(range(loop_members), desc="plain loop") if progress else range(loop_members)):
@@ -1409,12 +1418,13 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
                                       steps, lr, pairs_per_prompt)
             finals.append(r["final_probs"])
         t_loop_measured = time.perf_counter() - t0
-        threads_used = torch.get_num_threads()
+        loop_threads_used = torch.get_num_threads()
     t_loop = t_loop_measured * members / loop_members
     diff = float((torch.stack(finals) - p_final.probs()[:loop_members].cpu()).abs().max())
     res = {
         "members": members, "steps": steps, "loss": loss, "hidden": hidden, "pairs_per_prompt": pairs_per_prompt,
-        "device": dev.type, "torch_threads": threads_used, "torch": torch.__version__,
+        "device": dev.type, "torch_threads": threads_used, "loop_torch_threads": loop_threads_used,
+        "torch": torch.__version__,
         "batched_s": t_batched, "batched_repeats_s": times, "loop_s": t_loop, "loop_measured_s": t_loop_measured,
         "loop_members_measured": loop_members, "loop_extrapolated": loop_members != members,
         "ratio": t_loop / t_batched,
@@ -1429,23 +1439,6 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
     return res
 
 
-def add_cli(subparsers) -> None:
-    """Register ``toy`` under the ``prefdyn bench`` sub-commands: ``add_cli(bench_subparsers)``.
-
-    The parser's ``func(args)`` runs :func:`bench`, prints the result and writes ``--out`` (JSON).
-    """
-    p = subparsers.add_parser("toy", help="batched toy trainer vs a plain loop of single runs (000 Sec. 3.2)")
-    p.add_argument("--members", type=int, default=256, help="members trained together (default 256)")
-    p.add_argument("--steps", type=int, default=200, help="preference-optimisation updates (default 200)")
-    p.add_argument("--loop-members", type=int, default=None,
-                   help="time the plain loop on this many members and scale linearly (default: all)")
-    p.add_argument("--loss", default="dpo", help="loss of prefdyn.losses (default dpo)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both sides (default 1)")
-    p.add_argument("--out", default="runs/bench/toy.json", help="where to write the JSON (default runs/bench/toy.json)")
-    p.set_defaults(func=_cli_bench)
-
-
 def bench_cli(args) -> int:
     """``prefdyn bench toy``: runs :func:`bench` from an argparse namespace (missing attributes and ``None``
     take :func:`bench`'s defaults; ``out`` defaults to ``runs/bench/toy.json``), prints every number."""
@@ -1455,14 +1448,11 @@ def bench_cli(args) -> int:
 
     out = get("out", "runs/bench/toy.json")
     res = bench(members=get("members", 256), steps=get("steps", 200), loop_members=get("loop_members", None),
-                loss=get("loss", "dpo"), device=get("device", "auto"), threads=get("threads", 1), out=out)
+                loss=get("loss", "dpo"), device=get("device", "auto"), threads=get("threads", 1),
+                loop_threads=get("loop_threads", None), out=out)
     for k, v in res.items():
         if isinstance(v, list):
             v = "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
         print(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}")
     print(f"wrote {out}")
     return 0
-
-
-def _cli_bench(args) -> int:
-    return bench_cli(args)

@@ -186,3 +186,20 @@ register(Chapter(
         Param("sweep_betas", "list[float]", [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], "β values of the closed-form optimum π0·exp(r/β)/Z plotted for the trained reward models", low=0.0, low_open=True, high=1000.0),
     ],
 ))
+
+# ------------------------------------------------------------------------------------------------
+# Back matter: performance  ([4/7] bench; [7/7] extends it)
+# ------------------------------------------------------------------------------------------------
+register(Chapter(
+    id="performance",
+    title="Performance",
+    part="Back",
+    params=[
+        Param("members", "int", 256, "toy members trained together by the batched trainer (the issue's goal is stated at 256)", low=1, high=65536),
+        Param("steps", "int", 100, "DPO updates per member on both sides", low=1, high=100000),
+        Param("loop_members", "int", 32, "members the plain loop actually runs; its time is scaled by members / loop_members (linear)", low=1, high=65536),
+        Param("batched_threads", "list[int]", [1, 2], "torch intra-op threads tried for the batched trainer (one bench each)", low=1, high=256),
+        Param("loop_threads", "int", 1, "torch intra-op threads of the plain loop (1 is its fastest on the 2-core machine)", low=1, high=256),
+        Param("device", "str", "auto", "where the batched trainer runs: auto (CUDA when available), cpu or cuda", choices=["auto", "cpu", "cuda"]),
+    ],
+))

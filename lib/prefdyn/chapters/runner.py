@@ -78,6 +78,8 @@ def source_notebook(chapter: Chapter, root: Path):
         raise FileNotFoundError(f"{chapter.id}: source {path} not found")
     nb = jupytext.read(path)
     nb.metadata.setdefault("kernelspec", {"display_name": "Python 3", "language": "python", "name": KERNEL})
+    for i, cell in enumerate(nb.cells):      # stable ids (jupytext draws random ones): clean diffs of book/
+        cell.id = f"cell-{i:03d}"
     n_param = sum("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells)
     if n_param != 1:
         raise ValueError(f"{chapter.id}: the source must have exactly one cell tagged 'parameters' (found {n_param})")
