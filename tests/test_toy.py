@@ -173,6 +173,18 @@ def test_same_parameters_same_numbers_and_summary():
     assert ci["hi"] - ci["mean"] == pytest.approx(4.302652729911275 / math.sqrt(3))   # t_{0.975, 2} * sd / sqrt(n)
 
 
+def test_probability_intervals_stay_in_range():
+    # seeds spanning orders of magnitude: the plain t-interval of the mean would go below 0
+    tiny = np.array([1e-36, 2e-36, 1e-33, 3e-36])
+    assert toy.mean_ci(tiny)["lo"] < 0
+    s = toy.summarise_members({"final_rejected_prob": tiny, "unpaired_gain": np.array([-0.99, 0.99, -0.99, -0.99]),
+                               "peak_chosen_step": np.array([-5.0, 5.0, 6.0, -4.0])}, np.arange(4))
+    assert s["final_rejected_prob"]["lo"] == 0.0 and 0 < s["final_rejected_prob"]["hi"] <= 1
+    assert s["final_rejected_prob"]["mean"] == pytest.approx(tiny.mean())
+    assert s["unpaired_gain"]["lo"] == -1.0
+    assert s["peak_chosen_step"]["lo"] < -1.0                    # an unbounded indicator is left alone
+
+
 def test_bench_small():
     res = toy.bench(members=4, steps=3, loop_members=2, hidden=8, progress=False, device="cpu", threads=1,
                     loop_threads=2)

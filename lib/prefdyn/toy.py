@@ -89,7 +89,7 @@ __all__ = [
     "BatchedAdam", "BatchedSGD", "make_optimizer", "OPTIMIZERS",
     "sft", "sample_rejected", "ToyConfig", "ToyRun", "run_grid", "train",
     "RECORDS", "member_indicators", "summarise", "summarise_members", "mean_ci", "geo_mean_ci", "curve_ci",
-    "INDICATORS", "GEOMETRIC", "KEY_INDICATORS", "json_summary", "three_d", "plot_band", "role_probs",
+    "INDICATORS", "GEOMETRIC", "BOUNDS", "KEY_INDICATORS", "json_summary", "three_d", "plot_band", "role_probs",
     "cpu_settings", "bench", "bench_cli",
     "as_seeds", "check_int", "resolve_init", "hash_keys",
 ]
@@ -1157,6 +1157,17 @@ def mean_ci(x, level: float = 0.95) -> dict[str, float]:
 GEOMETRIC = ("grad_ratio_initial", "grad_ratio_final")
 
 
+#: The range each bounded indicator can take. Its t-interval is clipped to this range: a probability whose
+#: seeds span orders of magnitude (e.g. 1e-36 to 1e-33) otherwise gets a negative lower end.
+BOUNDS = {
+    **{k: (0.0, 1.0) for k in ("initial_chosen_prob", "peak_chosen_prob", "final_chosen_prob", "chosen_drop",
+                               "initial_rejected_prob", "final_rejected_prob", "initial_unseen_mass",
+                               "final_unseen_mass", "final_other_mass", "initial_unpaired_mass",
+                               "final_unpaired_mass")},
+    "unseen_gain": (-1.0, 1.0), "unpaired_gain": (-1.0, 1.0),
+}
+
+
 def geo_mean_ci(x, level: float = 0.95) -> dict[str, float]:
     """:func:`mean_ci` on ``log10(x)``, mapped back: geometric mean and interval (NaN left out; an infinite
     value in ``x`` gives an infinite mean)."""
@@ -1175,7 +1186,8 @@ def _pow10(x: float) -> float:
 def summarise(run: ToyRun, rate_window: int = 50, level: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
     """Per configuration label: per indicator ``{"mean", "lo", "hi", "n", "frac"}`` over its seeds.
 
-    The interval is the Student-t ``level`` confidence interval of the mean over seeds (:func:`mean_ci`);
+    The interval is the Student-t ``level`` confidence interval of the mean over seeds (:func:`mean_ci`),
+    clipped to the indicator's range for the probabilities and masses of :data:`BOUNDS`;
     the gradient ratios of :data:`GEOMETRIC` use the geometric mean (:func:`geo_mean_ci`), with
     ``grad_ratio_final`` taken from ``log10_grad_ratio_final`` so that it stays finite where a ratio
     overflows float64.
@@ -1199,7 +1211,15 @@ def summarise_members(ind: Mapping[str, np.ndarray], members, level: float = 0.9
             res[k] = geo_mean_ci(v[mem], level)
         else:
             res[k] = mean_ci(v[mem], level)
+            if k in BOUNDS:
+                lo, hi = BOUNDS[k]
+                res[k]["lo"], res[k]["hi"] = _clip(res[k]["lo"], lo, hi), _clip(res[k]["hi"], lo, hi)
     return res
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    """``x`` clipped to ``[lo, hi]``; NaN stays NaN."""
+    return x if math.isnan(x) else min(max(x, lo), hi)
 
 
 def curve_ci(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
