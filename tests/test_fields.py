@@ -98,12 +98,23 @@ def test_symbolic_gradients_agree_with_autograd():
     symbolic = pytest.importorskip("prefdyn.symbolic")
     if not hasattr(symbolic, "numeric_gradients"):
         pytest.skip("prefdyn.symbolic.numeric_gradients not available")
-    for loss, params in (("dpo", {"beta": 0.3}), ("sft_dpo", {}), ("ipo", {}), ("slic", {}), ("nbdpo", {"beta": 0.5})):
+    from prefdyn.losses import LOSS_NAMES
+
+    special = {"dpo": {"beta": 0.3}, "nbdpo": {"beta": 0.5}, "nbdpo_v2": {"clip": 0.2, "symmetric": True}}
+    for loss in LOSS_NAMES:                               # every loss of the zoo
+        params = special.get(loss, {})
+        num = symbolic.numeric_gradients(loss, **params)
         fld = F.field_grid(loss, 15, coords="prob", ref_chosen=0.35, ref_rejected=0.8, **params)
         C, R = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
-        gc, gr = symbolic.numeric_gradients(loss, **params)(C.numpy(), R.numpy(), 0.35, 0.8)
-        assert torch.allclose(fld.grad_chosen, torch.from_numpy(gc), rtol=1e-9, atol=1e-12)
-        assert torch.allclose(fld.grad_rejected, torch.from_numpy(gr), rtol=1e-9, atol=1e-12)
+        gc, gr = num(C.numpy(), R.numpy(), 0.35, 0.8)
+        assert torch.allclose(fld.grad_chosen, torch.from_numpy(gc), rtol=1e-9, atol=1e-12), loss
+        assert torch.allclose(fld.grad_rejected, torch.from_numpy(gr), rtol=1e-9, atol=1e-12), loss
+        # 002's coordinates x = pi / pi_ref: dl/dx = pi_ref * dl/dpi (chain rule), same grid points
+        fx = F.field_grid(loss, 15, coords="ratio", ref_chosen=0.35, ref_rejected=0.8, **params)
+        X1, X2 = torch.meshgrid(fx.chosen, fx.rejected, indexing="xy")
+        gc, gr = num((0.35 * X1).numpy(), (0.8 * X2).numpy(), 0.35, 0.8)
+        assert torch.allclose(fx.grad_chosen, 0.35 * torch.from_numpy(gc), rtol=1e-9, atol=1e-12), loss
+        assert torch.allclose(fx.grad_rejected, 0.8 * torch.from_numpy(gr), rtol=1e-9, atol=1e-12), loss
 
 
 # ----------------------------------------------------------------------------- Corollary 1 and the ratio
@@ -240,16 +251,18 @@ def test_reference_per_start():
 
 # ----------------------------------------------------------------------------- region statistics
 def test_region_stats_on_a_hand_made_flow():
-    probs = torch.tensor([[[0.1, 0.5, 0.4], [0.1, 0.5, 0.4], [0.5, 0.3, 0.2]],
-                          [[0.5, 0.2, 0.3], [0.1, 0.05, 0.85], [0.5, 0.3, 0.2]],
-                          [[0.95, 0.005, 0.045], [0.1, 0.005, 0.895], [0.5, 0.3, 0.2]]], dtype=D)
+    probs = torch.tensor([[[0.1, 0.5, 0.4], [0.1, 0.5, 0.4], [0.5, 0.3, 0.2], [0.3, 0.3, 0.4]],
+                          [[0.5, 0.2, 0.3], [0.1, 0.05, 0.85], [0.5, 0.3, 0.2], [0.3, 0.3, 0.4]],
+                          [[0.95, 0.005, 0.045], [0.1, 0.005, 0.895], [0.52, 0.3, 0.18], [0.3, 0.3, 0.4]]],
+                         dtype=D)
     fl = F.Flow(loss="dpo", space="simplex", method="euler", lr=1.0, n_steps=2, params={},
-                starts=probs[0, :, :2], ref=torch.ones(3, 2, dtype=D), probs=probs,
-                loss_path=torch.zeros(3, 3, dtype=D), logits=probs.log())
+                starts=probs[0, :, :2], ref=torch.ones(4, 2, dtype=D), probs=probs,
+                loss_path=torch.zeros(3, 4, dtype=D), logits=probs.log())
     rs = F.region_stats(fl)
-    assert [r["steps_to_chosen"] for r in rs] == [2, -1, -1]
-    assert [r["steps_to_rejected"] for r in rs] == [2, 2, -1]
-    assert [r["end"] for r in rs] == ["preferred", "unlearning only", "stalled"]
+    assert [r["steps_to_chosen"] for r in rs] == [2, -1, -1, -1]
+    assert [r["steps_to_rejected"] for r in rs] == [2, 2, -1, -1]
+    assert [r["end"] for r in rs] == ["preferred", "unlearning only", "stalled", "stationary"]
+    assert [r["stationary"] for r in rs] == [False, False, False, True]
     assert rs[1]["final_rest"] == pytest.approx(0.895) and rs[0]["min_chosen"] == pytest.approx(0.1)
     rs_box = F.region_stats(F.gradient_flow("dpo", [[0.95, 0.5]], n_steps=3))
     assert rs_box[0]["steps_to_chosen"] == 0 and rs_box[0]["final_rest"] is None

@@ -374,14 +374,24 @@ def test_slic_shape_includes_reference_shape():
     ],
 )
 def test_bad_input_raises_one_line_value_error(name, params, fragment):
+    import prefdyn.losses as losses_module
+
     x = torch.zeros(2)
     for call in (
         lambda: check_loss_params(name, **params),
         lambda: pair_loss(name, x, x, x, x, **params),
         lambda: logprob_grads(name, x, x, x, x, **params),
         lambda: LOSSES[name](x, x, x, x, **params) if name in LOSSES else pair_loss(name, x, x, x, x),
+        # the module's public functions (prefdyn.losses.dpo, ...) are the validated ones as well
+        lambda: getattr(losses_module, name)(x, x, x, x, **params) if name in LOSSES else pair_loss(name, x, x, x, x),
     ):
         with pytest.raises(ValueError) as info:
             call()
         msg = str(info.value)
         assert fragment in msg and "\n" not in msg
+
+
+def test_nbdpo_lambda_validates_its_clip():
+    from prefdyn.losses import nbdpo_lambda
+    with pytest.raises(ValueError, match="'clip'"):
+        nbdpo_lambda(torch.zeros(2), torch.zeros(2), clip=-1.0)

@@ -63,6 +63,15 @@ def test_bad_declarations_fail_at_import_time():
         Chapter("x", "X", "p", params=[Param("a", "int", 1, "a"), Param("a", "int", 1, "a")])
 
 
+def test_constraints_between_parameters_are_checked_on_the_full_set():
+    chapter = get_chapter("gradient-fields")
+    assert chapter.resolve({"start_low": 0.1})["start_low"] == 0.1
+    with pytest.raises(ParameterError, match="^gradient-fields: parameter 'start_low' must be below start_high"):
+        chapter.resolve({"start_low": 0.45})                 # equal to the default start_high
+    with pytest.raises(ParameterError, match="start_low"):
+        chapter.resolve({"start_high": 0.01})                # the default start_low is now above it
+
+
 def test_chapter_validation_names_unknown_parameters():
     ch = get_chapter("dpo-margin")
     with pytest.raises(ParameterError, match=r"unknown parameter 'nosuch' \(this chapter takes: beta"):
@@ -146,10 +155,12 @@ def _tree(path: Path) -> set[str]:
     (["run", "dpo-margin", "-p", "nosuch", "1"], "unknown parameter 'nosuch' (this chapter takes: beta, betas, margin_range)"),
     (["run", "no-such-chapter"], "unknown chapter 'no-such-chapter' (available: "),
     (["run", "dpo-margin", "-p", "betas", "0.1,zero"], "parameter 'betas' must be a comma-separated list of float"),
+    (["run", "performance", "-p", "loop_members", "999"], "parameter 'loop_members' must be at most members (256)"),
+    (["run", "toy-scenarios", "-p", "p_off", "0.12"], "parameter 'p_off' must be below p_on"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, needle):
     before_runs, before_book = _tree(ROOT / "runs"), _tree(ROOT / "book")
-    proc = _cli(*args, "--out", str(tmp_path / "out")) if args[1] == "dpo-margin" else _cli(*args)
+    proc = _cli(*args, "--out", str(tmp_path / "out")) if args[1] in CHAPTERS else _cli(*args)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], proc.stderr

@@ -248,6 +248,16 @@ def test_comparison_table_rows():
     assert rows["ipo"]["balanced_log"] is True and rows["ipo"]["d_pi_plus_limit"] == "inf"
 
 
+def test_every_limit_in_the_comparison_table_is_decided():
+    # DPOP's ratio defeats sympy's limit directly; it is decided from its two gradients' leading orders
+    names = ["dpop", "nbdpo"]
+    rows = P.comparison_table(names, P.loss_params({}, names), pi_chosen=0.12, ref_chosen=0.12,
+                              ref_rejected=0.12, pi_rejected_end=1e-12)
+    assert rows["dpop"]["ratio_limit"] == "inf" and rows["dpop"]["d_pi_plus_limit"] == "0"
+    assert rows["nbdpo"]["ratio_limit"] == "inf" and rows["nbdpo"]["d_pi_minus_limit"] == "finite"
+    assert all("undecided" not in (r["ratio_limit"], r["d_pi_plus_limit"], r["d_pi_minus_limit"]) for r in rows.values())
+
+
 def test_bad_inputs_raise_value_error():
     with pytest.raises(ValueError, match="pi_rejected_end"):
         P.gradient_path("dpo", {"beta": 0.1}, 0.3, 0.1, 0.1, 0.2, 5)

@@ -182,6 +182,8 @@ def test_probability_intervals_stay_in_range():
     assert s["final_rejected_prob"]["lo"] == 0.0 and 0 < s["final_rejected_prob"]["hi"] <= 1
     assert s["final_rejected_prob"]["mean"] == pytest.approx(tiny.mean())
     assert s["unpaired_gain"]["lo"] == -1.0
+    deep = toy.mean_ci(np.array([1e-255, 0.0, 0.0, 0.0]))          # squares underflow: still a real interval
+    assert deep["hi"] > deep["mean"] > 0
     assert s["peak_chosen_step"]["lo"] < -1.0                    # an unbounded indicator is left alone
 
 
@@ -229,3 +231,16 @@ def test_cuda_path_matches_cpu():
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_corollaries_2_and_3_on_the_mlp_toy():
+    """000 Cor. 2-3 (Properties 2-3) on the MLP toy of 000 Sec. 3.2.1 with its default set-up: once pi-
+    has collapsed (ratio > 100), pi(chosen) falls from its peak, and mass moves to responses never paired
+    with the prompt (the dispersion of Cor. 3, broad reading; see the toy-3d chapter for the narrow one)."""
+    run = toy.run_grid([{"loss": "dpo"}], 4, steps=300, progress=False, device="cpu")
+    s = toy.summarise(run)["dpo"]
+    assert s["rejected_drop_orders"]["lo"] > 10                       # Cor. 1: the drastic drop
+    assert s["grad_ratio_100_step"]["frac"] == 1.0
+    assert s["peak_chosen_step"]["mean"] > s["grad_ratio_100_step"]["mean"]
+    assert s["chosen_drop"]["lo"] > 0                                 # Cor. 2: degradation after the peak
+    assert s["unpaired_gain"]["lo"] > 0.1                             # Cor. 3: dispersion

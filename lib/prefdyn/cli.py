@@ -39,6 +39,7 @@ def _cmd_run(args) -> int:
 
     chapter = get_chapter(args.chapter)
     overrides = chapter.validate(parse_overrides(args.param or []))
+    chapter.resolve(overrides)                                 # constraints between parameters, before any work
     t0 = time.perf_counter()
     try:
         res = run_chapter(chapter.id, overrides, out=args.out, into_book=args.into_book, progress=not args.quiet)

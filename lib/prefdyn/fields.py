@@ -543,13 +543,17 @@ def gradient_flow(loss: str, starts: Any, *, space: str = "box", n_steps: int = 
     return flows[(loss, space)]
 
 
-def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float = 0.01) -> list[dict]:
+def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float = 0.01,
+                 stationary_tol: float = 1e-9) -> list[dict]:
     """Per start: steps until ``pi+ >= chosen_target`` and until ``pi- <= rejected_target`` (``-1``: never
     within ``flow.n_steps``), the end point, the lowest ``pi+`` on the way, and where the flow ends.
 
     ``end`` is ``"preferred"`` (final ``pi+ >= chosen_target``), ``"unlearning only"`` (final
-    ``pi- <= rejected_target`` but ``pi+`` below target: 000's degradation into unlearning) or
-    ``"stalled"`` (neither). ``final_rest`` (simplex only) is the mass on everything else (000's
+    ``pi- <= rejected_target`` but ``pi+`` below target: 000's degradation into unlearning),
+    ``"stationary"`` (neither, and the last step moved no probability by more than ``stationary_tol``: the
+    flow has reached a minimum of its loss short of the target, as IPO does at its target margin) or
+    ``"stalled"`` (neither, still moving). ``stationary`` says separately whether the flow has stopped
+    moving (whatever its ``end``). ``final_rest`` (simplex only) is the mass on everything else (000's
     dispersion); in the box it is ``None``.
     """
     if not isinstance(flow, Flow):
@@ -562,12 +566,18 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
     hit_c, hit_r = pc >= ct, pr <= rt
     first_c = torch.where(hit_c.any(0), hit_c.to(torch.int64).argmax(0), torch.full_like(hit_c[0], -1, dtype=torch.int64))
     first_r = torch.where(hit_r.any(0), hit_r.to(torch.int64).argmax(0), torch.full_like(hit_r[0], -1, dtype=torch.int64))
+    tol = _check_pos_float(stationary_tol, "stationary_tol", 1.0)
     final = flow.probs[-1]
     min_c = pc.min(0).values
+    if flow.probs.shape[0] > 1:
+        last_move = (flow.probs[-1] - flow.probs[-2]).abs().amax(-1)          # (S,)
+    else:
+        last_move = torch.full((flow.probs.shape[1],), float("inf"), dtype=flow.probs.dtype)
     out = []
     for i in range(flow.starts.shape[0]):  # building the per-start dicts only; the work above is vectorised
         fc, fr = float(final[i, 0]), float(final[i, 1])
-        end = "preferred" if fc >= ct else ("unlearning only" if fr <= rt else "stalled")
+        end = ("preferred" if fc >= ct else "unlearning only" if fr <= rt
+               else "stationary" if float(last_move[i]) <= tol else "stalled")
         out.append({
             "start_chosen": float(flow.starts[i, 0]),
             "start_rejected": float(flow.starts[i, 1]),
@@ -578,6 +588,7 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
             "final_rest": float(final[i, 2]) if flow.space == "simplex" else None,
             "min_chosen": float(min_c[i]),
             "end": end,
+            "stationary": bool(float(last_move[i]) <= tol),
         })
     return out
 

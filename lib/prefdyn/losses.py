@@ -315,6 +315,7 @@ def delta_lambda_min(clip: Any, symmetric: bool) -> Any:
 
 def nbdpo_lambda(logp_chosen: Any, logp_rejected: Any, clip: Any = 0.5, symmetric: bool = False) -> torch.Tensor:
     """004 eq. 26: ``lambda = 1 + clip(log pi_w - log pi_l, dl_min, clip)``, from DETACHED policy log-probs."""
+    check_loss_params("nbdpo", clip=clip, symmetric=symmetric)
     lc, lr = _tensors(logp_chosen, logp_rejected)
     d = lc.detach() - lr.detach()
     lo = delta_lambda_min(clip, symmetric)
@@ -433,6 +434,9 @@ def _registered(name: str, fn: Callable[..., torch.Tensor]) -> Callable[..., tor
 #: name -> loss function (parameters validated by :func:`check_loss_params` on every call).
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {name: _registered(name, fn) for name, fn in _RAW.items()}
 assert tuple(LOSSES) == LOSS_NAMES
+# The public names are the validated functions too (``dpo(..., beta=-1)`` raises); ``_RAW`` keeps the
+# unchecked ones for the internal calls whose parameters were validated once already.
+globals().update(LOSSES)
 
 
 def pair_loss(name: str, logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params) -> torch.Tensor:

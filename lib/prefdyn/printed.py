@@ -1033,6 +1033,8 @@ def comparison_table(losses: Sequence[str], params: Mapping[str, Mapping[str, An
         gc, gr = g.d_pi_plus.xreplace(subs), g.d_pi_minus.xreplace(subs)
         lc, lr = S.leading_order(gc, PI_M), S.leading_order(gr, PI_M)
         lq = S.leading_order(g.ratio.xreplace(subs), PI_M)
+        if not lq.ok:                              # e.g. DPOP: sympy cannot take the ratio's limit directly,
+            lq = lr.over(lc)                       # but it decides both gradients (as symbolic.derive does)
         path = gradient_path(name, p, pi_chosen, ref_chosen, ref_rejected, pi_rejected_end, 2)
         a, b = abs(float(path["d_pi_plus"][-1])), abs(float(path["d_pi_minus"][-1]))
         le_c, le_r = lc.expr(PI_M), lr.expr(PI_M)

@@ -1144,7 +1144,8 @@ def mean_ci(x, level: float = 0.95) -> dict[str, float]:
     mean = float(np.mean(fin))
     out["mean"] = mean
     if n >= 2 and np.all(np.isfinite(fin)):
-        sem = float(np.std(fin, ddof=1) / math.sqrt(n))
+        scale = float(np.max(np.abs(fin)))           # scaled first: the squares of values like 1e-255 underflow
+        sem = float(np.std(fin / scale, ddof=1) * scale / math.sqrt(n)) if scale > 0 else 0.0
         half = float(stats.t.ppf(0.5 + level / 2.0, n - 1)) * sem
         out["lo"], out["hi"] = mean - half, mean + half
     elif not np.all(np.isfinite(fin)):

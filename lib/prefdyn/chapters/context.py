@@ -100,7 +100,7 @@ def start(chapter_id: str, namespace: Mapping[str, Any], style: bool = True) -> 
     if unknown:
         allowed = ", ".join(chapter.param_names) or "none"
         raise ParameterError(f"{chapter.id}: unknown parameter '{unknown[0]}' (this chapter takes: {allowed})")
-    params = chapter.validate(values)
+    params = chapter.resolve(values)
     seed = int(params.get("seed", 0))
     seed_everything(seed)
     if style:

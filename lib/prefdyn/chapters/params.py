@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 TYPES = ("float", "int", "bool", "str", "list[str]", "list[float]", "list[int]")
 _TRUE = {"true", "1", "yes", "on"}
@@ -168,9 +168,13 @@ class Chapter:
     part: str
     params: tuple[Param, ...] = field(default_factory=tuple)
     source: str = ""  # notebooks/<id>.md unless given
+    #: Constraints between parameters: each takes the full, coerced parameter dict and returns ``None`` or
+    #: a one-line message naming the parameter at fault (checked by :meth:`resolve`, before any execution).
+    checks: tuple[Callable[[dict[str, Any]], str | None], ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(self.params))
+        object.__setattr__(self, "checks", tuple(self.checks))
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"chapter {self.id!r}: duplicate parameter names {names}")
@@ -196,9 +200,14 @@ class Chapter:
         return {name: self.param(name).coerce(value, chapter=self.id) for name, value in values.items()}
 
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The full parameter dict: defaults overridden by the validated ``values``."""
+        """The full parameter dict: defaults overridden by the validated ``values``, with the constraints
+        between parameters (``checks``) checked; a violation is a one-line :class:`ParameterError`."""
         out = self.defaults()
         out.update(self.validate(values))
+        for check in self.checks:
+            message = check(out)
+            if message:
+                raise ParameterError(f"{self.id}: {message}")
         return out
 
 

@@ -148,6 +148,7 @@ def run_chapter(chapter_id: str, overrides: Mapping[str, Any] | None = None, out
     """
     chapter = get_chapter(chapter_id)
     params = chapter.validate(dict(overrides or {}))          # ParameterError before any work
+    chapter.resolve(params)                                    # ... including the constraints between them
     if into_book and out is not None:
         raise ValueError("give either --out or --into-book, not both")
     root_path = Path(root).resolve() if root else repo_root()
