@@ -368,10 +368,7 @@ def train_reward_model(ref_policy: BatchedPolicy, *, beta: float = 0.1, kind: st
     """
     _check_policy(ref_policy)
     beta = _check_beta(beta)
-    toy.check_int("steps", steps, 0)
-    toy.check_int("pairs_per_prompt", pairs_per_prompt, 1)
-    toy.check_int("record_every", record_every, 1)
-    _check_positive("lr", lr)
+    _check_run_args(steps, pairs_per_prompt, record_every, lr)
     if kind not in toy.POLICIES:
         raise ValueError(f"kind: expected one of {', '.join(toy.POLICIES)}, got {kind!r}")
     _check_optimizer(optimizer)
@@ -430,6 +427,14 @@ def train_reward_model(ref_policy: BatchedPolicy, *, beta: float = 0.1, kind: st
 # (b) Exact KL-regularised policy optimisation (000 eq. 4)
 # ================================================================================================
 
+def _check_run_args(steps, pairs_per_prompt, record_every, lr) -> None:
+    """The arguments every optimiser of this module shares, each checked with a one-line ValueError."""
+    toy.check_int("steps", steps, 0)
+    toy.check_int("pairs_per_prompt", pairs_per_prompt, 1)
+    toy.check_int("record_every", record_every, 1)
+    _check_positive("lr", lr)
+
+
 def _check_optimizer(optimizer: str) -> None:
     if optimizer not in toy.OPTIMIZERS:
         raise ValueError(f"optimizer: expected one of {', '.join(toy.OPTIMIZERS)}, got {optimizer!r}")
@@ -463,10 +468,7 @@ def rlhf_exact(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int =
     """
     _check_policy(policy)
     beta = _check_beta(beta)
-    toy.check_int("steps", steps, 0)
-    toy.check_int("pairs_per_prompt", pairs_per_prompt, 1)
-    toy.check_int("record_every", record_every, 1)
-    _check_positive("lr", lr)
+    _check_run_args(steps, pairs_per_prompt, record_every, lr)
     _check_optimizer(optimizer)
     r, pol, ref_logp, leaves, opt, w, rec, pairs = _policy_setup(policy, reward, steps=steps, lr=lr,
                                                                  optimizer=optimizer, record_every=record_every,
@@ -534,12 +536,9 @@ def rlhf_ppo(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int = 1
     """
     _check_policy(policy)
     beta = _check_beta(beta)
-    toy.check_int("steps", steps, 0)
+    _check_run_args(steps, pairs_per_prompt, record_every, lr)
     toy.check_int("samples", samples, 1)
     toy.check_int("epochs", epochs, 1)
-    toy.check_int("pairs_per_prompt", pairs_per_prompt, 1)
-    toy.check_int("record_every", record_every, 1)
-    _check_positive("lr", lr)
     clip = _check_positive("clip", clip)
     if baseline not in BASELINES:
         raise ValueError(f"baseline: expected one of {', '.join(BASELINES)}, got {baseline!r}")

@@ -31,6 +31,17 @@ def get_chapter(chapter_id: str) -> Chapter:
         ) from None
 
 
+def below(name: str, other: str, why: str = "", strict: bool = True):
+    """A ``Chapter.checks`` entry: parameter ``name`` must be below (``strict``) or at most ``other``."""
+    def check(p):
+        ok = p[name] < p[other] if strict else p[name] <= p[other]
+        if ok:
+            return None
+        return (f"parameter '{name}' must be {'below' if strict else 'at most'} {other} ({p[other]:g})"
+                f"{': ' + why if why else ''} (got {p[name]:g})")
+    return check
+
+
 # ------------------------------------------------------------------------------------------------
 # Part 1 - Theory  ([1/7])
 # ------------------------------------------------------------------------------------------------
@@ -72,8 +83,7 @@ register(Chapter(
         Param("pi_rejected_end", "float", 1e-12, "the path ends at pi- = this value", low=1e-300, high=1.0, high_open=True),
         Param("n_points", "int", 200, "points on the path (log-spaced in pi-)", low=10, high=100000),
     ],
-    checks=[lambda p: None if p["pi_rejected_end"] < p["ref_rejected"] else
-            f"parameter 'pi_rejected_end' must be below ref_rejected ({p['ref_rejected']:g}): the path lowers pi- (got {p['pi_rejected_end']:g})"],
+    checks=[below("pi_rejected_end", "ref_rejected", "the path lowers pi-")],
 ))
 
 # ------------------------------------------------------------------------------------------------
@@ -109,8 +119,7 @@ register(Chapter(
         Param("target_chosen", "float", 0.9, "region statistic: steps until π+ ≥ target_chosen", low=0.0, low_open=True, high=1.0),
         Param("target_rejected", "float", 0.01, "region statistic: steps until π− ≤ target_rejected", low=0.0, low_open=True, high=1.0),
     ],
-    checks=[lambda p: None if p["start_low"] < p["start_high"] else
-            f"parameter 'start_low' must be below start_high ({p['start_high']:g}) (got {p['start_low']:g})"],
+    checks=[below("start_low", "start_high")],
 ))
 
 
@@ -157,8 +166,7 @@ register(Chapter(
         Param("sweep_rejected", "list[float]", [0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.12], "Proposition 1 sweep: initial probability of each rejected response", low=0.0, low_open=True, high=0.125, high_open=True),
         Param("sweep_chosen", "list[float]", [0.02, 0.12], "Proposition 1 sweep: initial probability of each chosen-block response", low=0.0, low_open=True, high=0.125, high_open=True),
     ],
-    checks=[lambda p: None if p["p_off"] < p["p_on"] else
-            f"parameter 'p_off' must be below p_on ({p['p_on']:g}): off-policy means less likely (got {p['p_off']:g})"],
+    checks=[below("p_off", "p_on", "off-policy means less likely")],
 ))
 
 register(Chapter(
@@ -208,6 +216,5 @@ register(Chapter(
         Param("loop_threads", "int", 1, "torch intra-op threads of the plain loop (1 is its fastest on the 2-core machine)", low=1, high=256),
         Param("device", "str", "auto", "where the batched trainer runs: auto (CUDA when available), cpu or cuda", choices=["auto", "cpu", "cuda"]),
     ],
-    checks=[lambda p: None if p["loop_members"] <= p["members"] else
-            f"parameter 'loop_members' must be at most members ({p['members']}) (got {p['loop_members']})"],
+    checks=[below("loop_members", "members", strict=False)],
 ))
