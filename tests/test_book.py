@@ -6,7 +6,8 @@
   chapter without re-executing it (``prefdyn run <id> --into-book``) fails here;
 - the ``parameters`` cell assigns exactly the declared parameters with the declared defaults;
 - the executed chapter stores no error and no run-dependent metadata;
-- the numbers the chapter printed through ``save_results`` are the numbers in its JSON.
+- the chapter saves its key numbers (``save_results``), with the golden parameters;
+- every cell left out of nbval's comparison says why, next to its tag.
 """
 
 from __future__ import annotations
@@ -110,15 +111,25 @@ def test_executed_chapter_is_clean(cid):
 
 
 @pytest.mark.parametrize("cid", IDS)
-def test_printed_numbers_are_the_saved_numbers(cid):
+def test_the_chapter_saves_its_key_numbers(cid):
+    """The chapter ends by saving its key numbers (the JSON the regression compares) and says how many."""
     data = json.loads((ROOT / "book" / "data" / f"{cid}.json").read_text())
     assert data["chapter"] == cid and data["results"]
     assert data["parameters"] == results.rounded(CHAPTERS[cid].defaults())
-    expected = results.lines(data["results"])
     text = "".join(
         o.get("text", "") for c in _executed(cid).cells if c.cell_type == "code" for o in c.outputs
         if o.output_type == "stream"
     ).splitlines()
-    start = next((i for i, line in enumerate(text) if line == expected[0]), None)
-    assert start is not None, f"{cid}: the saved results are not printed in the chapter"
-    assert text[start:start + len(expected)] == expected
+    assert results.saved_line(cid, results.count(data["results"])) in text, \
+        f"{cid}: the chapter does not print that it saved its {results.count(data['results'])} key numbers"
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_cells_left_out_of_nbval_say_why(cid):
+    """A cell whose output nbval does not compare carries its reason next to the tag."""
+    for i, c in enumerate(_source(cid).cells):
+        if "nbval-ignore-output" in c.metadata.get("tags", []):
+            reason = c.metadata.get("nbval-ignore-reason", "")
+            assert isinstance(reason, str) and len(reason.split()) >= 5, \
+                f"{cid}: cell {i} is tagged nbval-ignore-output without an 'nbval-ignore-reason' next to the tag"
+        assert "nbval-skip" not in c.metadata.get("tags", []), f"{cid}: cell {i} is skipped by nbval (not executed)"

@@ -97,12 +97,31 @@ def results_path(chapter: str) -> Path:
     return folder / f"{chapter}.json"
 
 
-def save_results(chapter: str, results: Mapping[str, Any], parameters: Mapping[str, Any] | None = None,
-                 digits: int = DIGITS, echo: bool = True) -> Path:
-    """Round ``results``, print them as ``key = value`` lines and write the chapter's JSON.
+def count(obj: Any) -> int:
+    """How many numbers (leaves) a results dict holds."""
+    obj = _plain(obj)
+    if isinstance(obj, Mapping):
+        return sum(count(v) for v in obj.values()) if obj else 1
+    if isinstance(obj, (list, tuple)):
+        return sum(count(v) for v in obj) if obj else 1
+    return 1
 
-    The JSON holds ``{"chapter", "parameters", "results"}`` with sorted-free, deterministic content (no
-    timestamps), so the committed ``book/data/*.json`` only changes when a number does.
+
+def saved_line(chapter: str, n: int) -> str:
+    """The one line :func:`save_results` prints: machine-independent (no path, no time)."""
+    return f"{n} key numbers saved to {chapter}.json"
+
+
+def save_results(chapter: str, results: Mapping[str, Any], parameters: Mapping[str, Any] | None = None,
+                 digits: int = DIGITS, echo: bool | str = "count") -> Path:
+    """Round ``results`` and write them, with the parameters, to the chapter's JSON.
+
+    ``echo="count"`` (the chapters' default) prints one line, :func:`saved_line`: the chapter shows its
+    numbers in tables, and the JSON keeps all of them for :mod:`prefdyn.regression`. ``echo=True`` prints
+    every number as a ``key = value`` line (:func:`lines`), ``False`` nothing.
+
+    The JSON holds ``{"chapter", "parameters", "results"}`` with deterministic content (no timestamps), so
+    the committed ``book/data/*.json`` only changes when a number does.
     """
     if not isinstance(results, Mapping) or not results:
         raise ValueError("results: save_results needs a non-empty dict of named numbers")
@@ -111,7 +130,9 @@ def save_results(chapter: str, results: Mapping[str, Any], parameters: Mapping[s
         "parameters": rounded(dict(parameters or {}), digits),
         "results": rounded(results, digits),
     }
-    if echo:
+    if echo == "count":
+        print(saved_line(chapter, count(data["results"])))
+    elif echo:
         print("\n".join(lines(results, digits=digits)))
     path = results_path(chapter)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -171,6 +171,9 @@ class Chapter:
     #: Constraints between parameters: each takes the full, coerced parameter dict and returns ``None`` or
     #: a one-line message naming the parameter at fault (checked by :meth:`resolve`, before any execution).
     checks: tuple[Callable[[dict[str, Any]], str | None], ...] = field(default_factory=tuple)
+    #: How the chapter's key numbers may differ from the golden ``book/data/<id>.json`` when re-executed
+    #: on another machine (:class:`prefdyn.regression.Tolerances`; default: exact).
+    tolerances: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(self.params))
@@ -180,6 +183,12 @@ class Chapter:
             raise ValueError(f"chapter {self.id!r}: duplicate parameter names {names}")
         if not self.source:
             object.__setattr__(self, "source", f"notebooks/{self.id}.md")
+        from ..regression import EXACT_TOLERANCES, Tolerances
+
+        if self.tolerances is None:
+            object.__setattr__(self, "tolerances", EXACT_TOLERANCES)
+        elif not isinstance(self.tolerances, Tolerances):
+            raise ValueError(f"chapter {self.id!r}: tolerances must be a prefdyn.regression.Tolerances")
 
     @property
     def param_names(self) -> tuple[str, ...]:
