@@ -85,7 +85,10 @@ def test_run_name_lists_only_non_default_parameters():
     ch = get_chapter("dpo-margin")
     assert run_name(ch, {}) == "dpo-margin"
     assert run_name(ch, {"beta": 0.1}) == "dpo-margin"
-    assert run_name(ch, {"beta": 0.5, "betas": [0.1, 1.0]}) == "dpo-margin__beta-0.5__betas-0.1_1"
+    name = run_name(ch, {"beta": 0.5, "betas": [0.1, 1.0]})
+    assert name.startswith("dpo-margin__beta-0.5__betas-0.1_1__")       # readable part, then a short hash
+    assert len(name.rsplit("__", 1)[1]) == 10
+    assert run_name(ch, {"betas": "0.1,1", "beta": "0.5"}) == name       # the same values: the same folder
 
 
 # --------------------------------------------------------------------------------------------- results

@@ -1,49 +1,92 @@
 """The ``prefdyn`` command: list chapters and their parameters, run a chapter, build the book.
 
-    prefdyn list                                   chapters and parameters (type, default, range, meaning)
+    prefdyn list [CHAPTER]                         chapters, parameters (type, default, range, meaning), constraints
     prefdyn run CHAPTER [-p NAME VALUE ...] [--out DIR | --into-book]
     prefdyn book [--only CHAPTER ...] [--no-execute] [--no-build]
     prefdyn bench toy [...]                        batched vs looped toy trainer (see prefdyn.toy)
+    prefdyn --version
 
-Exit codes: 0 success; 1 a chapter or the site build failed; 2 bad input (unknown chapter or parameter,
-value out of range), reported in one line before anything runs or is written.
+Exit codes: 0 success; 1 a chapter or the site build failed, or its files could not be moved into place;
+2 bad input (unknown chapter or parameter, value out of range, a bad option, an unusable ``--out``),
+reported in one line before anything runs or is written; 130 interrupted (SIGINT), 143 terminated
+(SIGTERM), both after the run's temporary folder and kernel are cleaned up.
+
+``-p NAME VALUE`` takes its two values verbatim, so a negative number works (``-p lr -1e-3``; argparse alone
+would read ``-1e-3`` as an option).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 import textwrap
 import time
 
+from . import __version__
 from .chapters.params import ParameterError, parse_overrides
 
 
-def _cmd_list(args) -> int:
-    from .chapters.catalog import CHAPTERS
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM, so that ``finally`` blocks, ``with TemporaryDirectory`` and
+    the kernel's shutdown run as they do for Ctrl-C (a ``KeyboardInterrupt``, which asyncio and nbclient
+    already let through)."""
 
-    for chapter in CHAPTERS.values():
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)          # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``prefdyn: error: ...``, exit code 2 (no usage block)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        message = " ".join(str(message).split())
+        self.exit(2, f"prefdyn: error: {message} (see prefdyn -h)\n")
+
+
+def _cmd_list(args) -> int:
+    from .chapters.catalog import CHAPTERS, get_chapter
+
+    chapters = [get_chapter(args.chapter)] if args.chapter else list(CHAPTERS.values())
+    for chapter in chapters:
         print(f"{chapter.id}  -  {chapter.title}  [part {chapter.part}]")
         if not chapter.params:
             print("    (no parameters)")
         for p in chapter.params:
             print(f"    {p.name} ({p.type}, default {p.default_text()}): {p.allowed()}")
             print(textwrap.indent(textwrap.fill(p.help, 90), "        "))
+        if chapter.checks:
+            print("    constraints:")
+            for check in chapter.checks:
+                print(f"        {describe_check(check)}")
         print()
     return 0
 
 
+def describe_check(check) -> str:
+    """A constraint between parameters in words: its ``description`` (set by ``catalog.below``), else the
+    first line of its docstring, else its name."""
+    text = getattr(check, "description", None) or (getattr(check, "__doc__", None) or "").strip().split("\n")[0]
+    return text or getattr(check, "__name__", repr(check))
+
+
 def _cmd_run(args) -> int:
     from .chapters.catalog import get_chapter
-    from .chapters.runner import ChapterFailed, run_chapter
+    from .chapters.runner import ChapterFailed, InstallFailed, check_destination, run_chapter
 
     chapter = get_chapter(args.chapter)
     overrides = chapter.validate(parse_overrides(args.param or []))
     chapter.resolve(overrides)                                 # constraints between parameters, before any work
+    if args.out is not None:
+        check_destination(args.out)                            # before any work, too
     t0 = time.perf_counter()
     try:
         res = run_chapter(chapter.id, overrides, out=args.out, into_book=args.into_book, progress=not args.quiet)
-    except ChapterFailed as exc:
+    except (ChapterFailed, InstallFailed) as exc:
         print(f"prefdyn: {exc}", file=sys.stderr)
         return 1
     print(f"{chapter.id}: executed in {time.perf_counter() - t0:.1f} s")
@@ -55,7 +98,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_book(args) -> int:
     from .chapters.catalog import get_chapter
-    from .chapters.runner import ChapterFailed, all_chapters, build_site, run_chapter
+    from .chapters.runner import ChapterFailed, InstallFailed, all_chapters, build_site, run_chapter
 
     ids = [get_chapter(c).id for c in args.only] if args.only else all_chapters()
     if not args.no_execute:
@@ -63,7 +106,7 @@ def _cmd_book(args) -> int:
             t0 = time.perf_counter()
             try:
                 run_chapter(cid, into_book=True, progress=not args.quiet)
-            except ChapterFailed as exc:
+            except (ChapterFailed, InstallFailed) as exc:
                 print(f"prefdyn: {exc}", file=sys.stderr)
                 return 1
             print(f"{cid}: executed into book/ in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -86,16 +129,18 @@ def _cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefdyn", description="The executable book on the training dynamics of DPO.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="prefdyn", description="The executable book on the training dynamics of DPO.")
+    parser.add_argument("--version", action="version", version=f"prefdyn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("list", help="chapters and their parameters")
+    p.add_argument("chapter", nargs="?", help="list only this chapter")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("run", help="execute one chapter with parameters (into runs/ by default)")
     p.add_argument("chapter", help="chapter id (see `prefdyn list`)")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="set a parameter (repeatable); lists as a,b,c")
+                   help="set a parameter (repeatable); lists as a,b,c; the VALUE may be negative (-p lr -1e-3)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", help="folder for the executed notebook and JSON (default runs/<run-name>/)")
     where.add_argument("--into-book", action="store_true", help="write book/<chapter>.ipynb and book/data/<chapter>.json")
@@ -125,17 +170,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PARAM_FLAGS = ("-p", "--param")
+
+
+def extract_params(argv: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Take every ``-p/--param NAME VALUE`` out of the ``run`` command's arguments, values verbatim.
+
+    argparse (3.11) reads a value such as ``-1e-3`` as an option and fails with "expected 2 arguments";
+    taken out beforehand, ``-p lr -1e-3`` reaches the parameter validation like any other value. Returns
+    the remaining arguments and the ``[NAME, VALUE]`` pairs; a ``-p`` without two values is a one-line
+    :class:`ParameterError`. Arguments after ``--``, and commands other than ``run``, are left alone.
+    """
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is None or argv[command] != "run":
+        return list(argv), []
+    rest, pairs = list(argv[:command + 1]), []
+    i = command + 1
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if a in _PARAM_FLAGS:
+            if len(argv) - i < 3:
+                raise ParameterError(f"{a} needs a NAME and a VALUE (e.g. {a} beta 0.5)")
+            pairs.append([argv[i + 1], argv[i + 2]])
+            i += 3
+            continue
+        rest.append(a)
+        i += 1
+    return rest, pairs
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    previous = None
     try:
-        return args.func(args)
-    except ParameterError as exc:
-        print(f"prefdyn: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # pragma: no cover
-        print("prefdyn: interrupted", file=sys.stderr)
-        return 130
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:                                    # not the main thread (an embedding): leave it
+            previous = None
+        try:
+            argv, params = extract_params(argv)
+            args = build_parser().parse_args(argv)
+            if params:
+                args.param = (args.param or []) + params
+            code = args.func(args)
+            sys.stdout.flush()                                # a closed pipe shows up here, not at exit
+            return code
+        except ParameterError as exc:
+            print(f"prefdyn: error: {exc}", file=sys.stderr)
+            return 2
+        except Terminated:
+            print("prefdyn: terminated", file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print("prefdyn: interrupted", file=sys.stderr)
+            return 130
+    except BrokenPipeError:
+        # The reader went away (``prefdyn list | head -1``): no traceback. Point stdout at /dev/null so
+        # the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

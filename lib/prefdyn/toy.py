@@ -1467,10 +1467,33 @@ def bench_cli(args) -> int:
         v = getattr(args, name, None)
         return default if v is None else v
 
+    from .chapters.params import ParameterError
+    from .losses import check_loss_params
+
     out = get("out", "runs/bench/toy.json")
-    res = bench(members=get("members", 256), steps=get("steps", 200), loop_members=get("loop_members", None),
-                loss=get("loss", "dpo"), device=get("device", "auto"), threads=get("threads", 1),
-                loop_threads=get("loop_threads", None), out=out)
+    members, steps = get("members", 256), get("steps", 200)
+    loop_members, loss, device = get("loop_members", None), get("loss", "dpo"), get("device", "auto")
+    threads, loop_threads = get("threads", 1), get("loop_threads", None)
+    # Bad input is a one-line ParameterError (exit code 2 in the CLI), found before any work.
+    try:
+        check_int("--members", members, 1)
+        check_int("--steps", steps, 1)
+        if loop_members is not None:
+            check_int("--loop-members", loop_members, 1, members)
+        check_int("--threads", threads, 1)
+        if loop_threads is not None:
+            check_int("--loop-threads", loop_threads, 1)
+        check_loss_params(loss)
+        if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
+            raise ValueError(f"--device: expected auto, cpu or cuda, got {device!r}")
+        resolve_device(device)
+    except ValueError as exc:
+        msg = " ".join(str(exc).split())
+        raise ParameterError("--" + msg if msg.startswith("device:") else msg) from None
+    if not str(out).strip() or Path(out).is_dir():
+        raise ParameterError(f"--out: expected a JSON file, got {str(out)!r}" + (" (a folder)" if str(out).strip() else ""))
+    res = bench(members=members, steps=steps, loop_members=loop_members, loss=loss, device=device,
+                threads=threads, loop_threads=loop_threads, out=out)
     for k, v in res.items():
         if isinstance(v, list):
             v = "[" + ", ".join(f"{x:.4g}" for x in v) + "]"

@@ -32,13 +32,19 @@ def get_chapter(chapter_id: str) -> Chapter:
 
 
 def below(name: str, other: str, why: str = "", strict: bool = True):
-    """A ``Chapter.checks`` entry: parameter ``name`` must be below (``strict``) or at most ``other``."""
+    """A ``Chapter.checks`` entry: parameter ``name`` must be below (``strict``) or at most ``other``.
+
+    The returned function carries a ``description`` in words (``"start_low < start_high"``, then ``why``
+    in parentheses), which ``prefdyn list`` prints among the chapter's constraints.
+    """
     def check(p):
         ok = p[name] < p[other] if strict else p[name] <= p[other]
         if ok:
             return None
         return (f"parameter '{name}' must be {'below' if strict else 'at most'} {other} ({p[other]:g})"
                 f"{': ' + why if why else ''} (got {p[name]:g})")
+    check.description = f"{name} {'<' if strict else '<='} {other}" + (f" ({why})" if why else "")
+    check.__name__ = f"{name}_{'below' if strict else 'at_most'}_{other}"
     return check
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, MutableMapping
 
 from .. import results as _results
 from .catalog import get_chapter
@@ -83,8 +83,20 @@ def injected_names(namespace: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def start(chapter_id: str, namespace: Mapping[str, Any], style: bool = True) -> ChapterContext:
+def _write_back(namespace: MutableMapping[str, Any], params: Mapping[str, Any]) -> None:
+    """Replace each parameter in ``namespace`` by its validated, coerced value (a fresh copy of lists, so
+    the context's ``params`` and the notebook's variables do not share one mutable list)."""
+    for name, value in params.items():
+        namespace[name] = list(value) if isinstance(value, list) else value
+
+
+def start(chapter_id: str, namespace: MutableMapping[str, Any], style: bool = True) -> ChapterContext:
     """Validate the chapter's parameters found in ``namespace`` and set the chapter up.
+
+    ``namespace`` is the notebook's ``globals()``: after validation every parameter in it is replaced by
+    its coerced value, so the chapter's cells work on exactly what was validated, however the value came
+    in (``papermill -p betas 0.1,0.2`` injects a string, ``-r beta 0.5`` a raw string, ``-p n_seeds 4.0``
+    a float for an integer parameter).
 
     Raises :class:`ParameterError` (one line) for an unknown chapter, a parameter missing from the
     ``parameters`` cell, an unknown parameter (e.g. ``papermill -p nosuch 1``, which papermill itself
@@ -101,6 +113,7 @@ def start(chapter_id: str, namespace: Mapping[str, Any], style: bool = True) -> 
         allowed = ", ".join(chapter.param_names) or "none"
         raise ParameterError(f"{chapter.id}: unknown parameter '{unknown[0]}' (this chapter takes: {allowed})")
     params = chapter.resolve(values)
+    _write_back(namespace, params)
     seed = int(params.get("seed", 0))
     seed_everything(seed)
     if style:
