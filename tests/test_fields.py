@@ -261,7 +261,7 @@ def test_region_stats_on_a_hand_made_flow():
     rs = F.region_stats(fl)
     assert [r["steps_to_chosen"] for r in rs] == [2, -1, -1, -1]
     assert [r["steps_to_rejected"] for r in rs] == [2, 2, -1, -1]
-    assert [r["end"] for r in rs] == ["preferred", "unlearning only", "stalled", "stationary"]
+    assert [r["end"] for r in rs] == ["preferred", "unlearning only", "still moving", "stationary"]
     assert [r["stationary"] for r in rs] == [False, False, False, True]
     assert rs[1]["final_rest"] == pytest.approx(0.895) and rs[0]["min_chosen"] == pytest.approx(0.1)
     rs_box = F.region_stats(F.gradient_flow("dpo", [[0.95, 0.5]], n_steps=3))
@@ -343,3 +343,286 @@ def test_plot_helpers_draw_labelled_panels():
     plt.close(fig)
     with pytest.raises(ValueError, match="coords"):
         F.axis_labels("logits")
+
+
+# ----------------------------------------------------------------------------- the chapter's loss parameters
+def _chapter_defaults():
+    from prefdyn.chapters.catalog import get_chapter
+
+    return {p.name: p.default for p in get_chapter("gradient-fields").params}
+
+
+def test_loss_params_map_the_chapter_parameters():
+    """One beta for every loss that has one (nbDPO and bDPO too, not their default 1); the rest by name."""
+    cp = _chapter_defaults()
+    cp.update(beta=0.3, slic_delta=2.0, dpop_lambda=7.0, nbdpo_clip=0.2, nbdpo_symmetric=True)
+    p = F.loss_params(cp, list(F.CHAPTER_PARAMS))
+    assert p["dpo"] == {"beta": 0.3} and p["ipo"] == {"beta": 0.3} and p["bdpo"] == {"beta": 0.3}
+    assert p["nbdpo"] == p["nbdpo_v2"] == {"beta": 0.3, "clip": 0.2, "symmetric": True}
+    assert p["slic"] == {"delta": 2.0, "eta": cp["slic_eta"]}
+    assert p["dpop"] == {"beta": 0.3, "lam": 7.0}
+    assert p["flex_dpo"] == {"beta_chosen": cp["beta_chosen"], "beta_rejected": cp["beta_rejected"]}
+    assert p["reward_model"] == {}
+    # default list of losses: the chapter's own; a parameter the dict lacks keeps the loss's default
+    assert list(F.loss_params(cp)) == cp["losses"]
+    assert F.loss_params({}, ["nbdpo"])["nbdpo"]["beta"] == 1.0
+    # every chapter parameter named by the mapping is declared in the catalog
+    assert {v for m in F.CHAPTER_PARAMS.values() for v in m.values()} <= set(_chapter_defaults())
+
+
+def test_parameter_table_lists_each_loss_with_its_source():
+    t = F.parameter_table(F.loss_params(_chapter_defaults()))
+    assert t.cell("DPO", "parameters") == "beta = 0.1"
+    assert t.cell("reward model", "parameters") == "-"
+    assert t.cell("IPO", "source") == "000 eq. 8"
+
+
+# ----------------------------------------------------------------------------- 002's reading, as data
+@pytest.fixture(scope="module")
+def dpo_field():
+    return F.field_grid("dpo", 101, coords="ratio", beta=0.1)
+
+
+def test_dpo_ratio_checks_confirm_corollary_1(dpo_field):
+    chk = F.dpo_ratio_checks(dpo_field)
+    assert chk["ratio_equals_x1_over_x2"] and chk["ratio_independent_of_beta"] and chk["no_stationary_point"]
+    assert chk["other_beta"] == pytest.approx(1.0)
+    assert list(chk["frac_ratio_gt"]) == ["1", "10", "100"]
+    # Remark 1 holds only below the diagonal: 50 of 101 points per row
+    assert chk["frac_ratio_gt"]["1"] == pytest.approx(50 / 101)
+    assert chk["exact_area_ratio_gt"] == pytest.approx({"1": 0.5, "10": 0.05, "100": 0.005})
+    for k in ("10", "100"):
+        assert chk["frac_ratio_gt"][k] == pytest.approx(chk["exact_area_ratio_gt"][k], abs=1e-3)
+    with pytest.raises(ValueError, match="DPO Field"):
+        F.dpo_ratio_checks(F.field_grid("ipo", 11, coords="ratio"))
+    with pytest.raises(ValueError, match="DPO Field"):
+        F.dpo_ratio_checks(F.field_grid("dpo", 11, coords="prob"))
+
+
+def test_corner_claims_evaluate_as_002_states_for_dpo(dpo_field):
+    """Sec. 3.2's top-left, top-right and bottom-right readings and Remark 3 hold at the corner points; the
+    'lower part' reading fails in the bottom-left corner, where x1 = x2 makes both components equal."""
+    claims = F.corner_claims(dpo_field, 0.05)
+    assert [(c.corner, c.source) for c in claims] == [(c, s) for c, s, _, _ in F.CORNER_READINGS]
+    by = {(c.corner, c.source): c for c in claims}
+    tl, tr = by[("top-left", "002 Sec. 3.2")], by[("top-right", "002 Sec. 3.2")]
+    br = by[("bottom-right", "002 Sec. 3.2, 3.3.2")]
+    bl, r3 = by[("bottom-left", "002 Sec. 3.2 (lower part)")], by[("bottom-left", "002 Remark 3")]
+    assert tl.point == pytest.approx((0.05, 0.95)) and br.point == pytest.approx((0.95, 0.05))
+    assert tl.holds and tr.holds and br.holds and r3.holds and not bl.holds
+    # the ratio is x1/x2 (Cor. 1), the gradient is 002 eq. 2 (x1 = x2 = 0.05, beta = 0.1: -1 and +1)
+    assert br.ratio == pytest.approx(19.0) and tl.ratio == pytest.approx(1 / 19) and bl.ratio == pytest.approx(1.0)
+    assert bl.grad == pytest.approx((-1.0, 1.0))
+    assert tr.rel_magnitude < 1 < tl.rel_magnitude
+    d = br.as_dict()
+    assert d["holds"] is True and d["x1"] == pytest.approx(0.95) and d["dl_dx2"] > 0
+
+
+def test_corner_points_follow_the_reference():
+    """In 002's coordinates the square is (0, 1/pi_ref]: the high corner sits at 1/pi_ref - low."""
+    fld = F.field_grid("dpo", 21, coords="ratio", ref_chosen=0.5, ref_rejected=0.25)
+    pts = F.corner_points(fld, 0.1)
+    assert pts["top-right"] == pytest.approx((1.9, 3.9)) and pts["bottom-left"] == pytest.approx((0.1, 0.1))
+    with pytest.raises(ValueError, match="low"):
+        F.corner_points(F.field_grid("dpo", 11, coords="prob"), 0.6)
+    with pytest.raises(ValueError, match="reward"):
+        F.corner_points(F.field_grid("reward_model", 11, coords="reward"), 0.1)
+
+
+def test_field_summary_flags_flat_and_balanced_fields():
+    """bDPO at pi_ref = 1 is flat at log 2 (004 eq. 29); the reward model is balanced (000 Sec. 4)."""
+    bd = F.field_summary(F.field_grid("bdpo", 31, coords="prob", beta=0.1))
+    assert bd["flat"] and bd["flat_value"] == pytest.approx(math.log(2)) and not bd["balanced"]
+    rm = F.field_summary(F.field_grid("reward_model", 31, coords="reward"))
+    assert rm["balanced"] and not rm["flat"] and rm["frac_ratio_gt"] == {"1": 0.0, "10": 0.0, "100": 0.0}
+    dp = F.field_summary(F.field_grid("dpo", 40, coords="prob"))
+    assert not dp["flat"] and dp["flat_value"] is None and dp["median_grad"] > 0
+    assert dp["frac_ratio_gt"]["1"] == pytest.approx(0.5, abs=0.02)
+
+
+# ----------------------------------------------------------------------------- flow verdicts
+def test_direction_changes_counts_reversals_in_the_second_half():
+    t = torch.arange(41, dtype=D)
+    assert int(F.direction_changes(t)) == 0                                   # monotone
+    zigzag = 0.5 + 0.1 * (-1.0) ** t                                          # reverses every step
+    assert int(F.direction_changes(zigzag)) == 19                             # 20 steps in the second half
+    # a clamped coordinate that bounces off the ceiling: up, stay, down, ... counts each turn, not the stays
+    clamp = torch.tensor([0.5, 1.0, 1.0, 0.8, 1.0, 1.0, 0.8, 1.0, 1.0, 0.8], dtype=D)
+    assert int(F.direction_changes(clamp, tail=1.0)) == 5
+    two = torch.stack([t, zigzag], 1)                                         # columns counted separately
+    assert F.direction_changes(two).tolist() == [0, 19]
+    with pytest.raises(ValueError, match="tail"):
+        F.direction_changes(t, tail=0.0)
+    with pytest.raises(ValueError, match="3 time steps"):
+        F.direction_changes(t[:2])
+
+
+def _hand_flow(probs, loss="dpo", space="box", lr=0.01):
+    probs = torch.as_tensor(probs, dtype=D)
+    S = probs.shape[1]
+    return F.Flow(loss=loss, space=space, method="euler", lr=lr, n_steps=probs.shape[0] - 1,
+                  params={"beta": 0.1}, starts=probs[0, :, :2].clone(), ref=torch.ones(S, 2, dtype=D),
+                  probs=probs, loss_path=torch.zeros(probs.shape[0], S, dtype=D),
+                  logits=probs.log() if space == "simplex" else None)
+
+
+@pytest.fixture(scope="module")
+def fast_flows():
+    """DPO and SFT-DPO from the four corners with steps five times the chapter's (fast, same fixed points)."""
+    return F.gradient_flows(["dpo", "sft_dpo"], F.corner_starts(), n_steps=500, lr={"box": 0.05, "simplex": 0.5})
+
+
+def test_dpo_flow_from_low_chosen_starts_reaches_the_target(fast_flows):
+    for space in ("box", "simplex"):
+        v = F.classify_flow(fast_flows[("dpo", space)])
+        assert v.low_starts == (0, 1)                                         # the two starts with pi+ = 0.05
+        assert v.category == "escape" and v.reached == 2 and not v.jump and not v.oscillates
+        rs = F.region_stats(fast_flows[("dpo", space)])
+        assert v.steps == (rs[0]["steps_to_chosen"], rs[1]["steps_to_chosen"]) and v.slowest == max(v.steps) > 0
+        assert all(f >= 0.9 for f in v.final_chosen)
+    # the SFT term pulls pi+ up: fewer steps than DPO from the same starts
+    assert F.classify_flow(fast_flows[("sft_dpo", "box")]).slowest < F.classify_flow(fast_flows[("dpo", "box")]).slowest
+
+
+def test_oversized_first_step_is_a_jump():
+    """IPO and DPOP at the chapter's lr_box: the first update alone is larger than the box."""
+    fl = F.gradient_flows(["ipo", "dpop"], F.corner_starts(), spaces=["box"], n_steps=30, lr=0.01,
+                          params={"ipo": {"beta": 0.1}, "dpop": {"beta": 0.1}})
+    for loss in ("ipo", "dpop"):
+        v = F.classify_flow(fl[(loss, "box")])
+        assert v.jump and v.category == "step_artefact", loss
+        assert min(v.first_step) >= 0.95
+    # the first step is lr * |dl/dpi+| at the start: DPOP's penalty saturates the sigmoid far below the
+    # reference, so it is lr * (1 + lam) * beta / pi+
+    assert F.first_step(fl[("dpop", "box")])[0] == pytest.approx(0.01 * (1 + 50) * 0.1 / 0.05, rel=1e-4)
+    # the same DPO flow with a small step is no jump, with a huge one it is
+    st = F.corner_starts()
+    assert not F.classify_flow(F.gradient_flow("dpo", st, n_steps=5, lr=0.01)).jump
+    assert F.classify_flow(F.gradient_flow("dpo", st, n_steps=5, lr=100.0)).category == "step_artefact"
+    # no jump verdict on the simplex (nothing is clamped there)
+    assert not F.classify_flow(F.gradient_flow("dpo", st, space="simplex", n_steps=5, lr=100.0)).jump
+
+
+def test_oscillating_path_is_flagged():
+    T = 41
+    up = torch.linspace(0.05, 0.95, T, dtype=D)
+    bounce = 0.9 + 0.05 * (-1.0) ** torch.arange(T, dtype=D)
+    probs = torch.stack([torch.stack([up, torch.full_like(up, 0.3)], 1),
+                         torch.stack([bounce, torch.full_like(up, 0.3)], 1)], 1)        # (T, 2 starts, 2)
+    probs[0, 1, 0] = 0.05
+    v = F.classify_flow(_hand_flow(probs))
+    assert v.oscillates and v.reversals == 19 and v.category == "step_artefact"
+    assert not F.classify_flow(_hand_flow(probs[:, :1])).oscillates
+    assert F.classify_flow(_hand_flow(probs), max_reversals=50).category == "escape"
+
+
+def test_partial_stall_and_stationary_verdicts_on_hand_made_flows():
+    T = 11
+    rise = torch.linspace(0.05, 0.95, T, dtype=D)
+    slow = torch.linspace(0.05, 0.3, T, dtype=D)
+    flat = torch.full((T,), 0.05, dtype=D)
+    rej = torch.full((T,), 0.3, dtype=D)
+
+    def flow(*chosen):
+        return _hand_flow(torch.stack([torch.stack([c, rej], 1) for c in chosen], 1))
+
+    assert F.classify_flow(flow(rise, slow)).category == "partial"
+    assert F.classify_flow(flow(slow, slow)).category == "stall"
+    v = F.classify_flow(flow(rise, flat))                  # the miss has stopped moving: a minimum short of it
+    assert v.category == "stationary_short" and v.reached == 1 and v.slowest == -1
+    assert F.classify_flow(flow(slow, rise), low_starts=[1]).category == "escape"
+
+
+def test_ipo_on_the_simplex_stops_short_at_its_minimum():
+    fl = F.gradient_flow("ipo", F.corner_starts(), space="simplex", n_steps=300, lr=0.1, beta=0.1)
+    v = F.classify_flow(fl)
+    assert v.category == "stationary_short" and v.reached == 0
+    assert all(f < 0.9 for f in v.final_chosen)
+    # the minimum: log(pi+/pi-) = 1/(2 beta) (pi_ref = 1)
+    p = fl.probs[-1, v.low_starts[0]]
+    assert float(torch.log(p[0] / p[1])) == pytest.approx(5.0, abs=1e-6)
+
+
+def test_verdict_summary_lists_every_category(fast_flows):
+    summ = F.verdict_summary(F.classify_flows(fast_flows))
+    assert set(summ) == {"box", "simplex"}
+    for space in summ:
+        assert list(summ[space]) == list(F.CATEGORIES)
+        assert summ[space]["escape"] == ["dpo", "sft_dpo"]
+    assert set(F.CATEGORY_LABELS) == set(F.CATEGORIES)
+
+
+def test_region_statistics_regroup_region_stats(fast_flows):
+    rs = F.region_statistics(fast_flows, 0.9, 0.01)
+    assert set(rs) == {"box", "simplex"} and set(rs["box"]) == {"dpo", "sft_dpo"}
+    one = F.region_stats(fast_flows[("dpo", "simplex")], 0.9, 0.01)
+    assert rs["simplex"]["dpo"]["steps_to_rejected"] == [r["steps_to_rejected"] for r in one]
+    assert rs["simplex"]["dpo"]["final_rest"] == pytest.approx([r["final_rest"] for r in one])
+    assert "final_rest" not in rs["box"]["dpo"]
+    assert rs["box"]["dpo"]["final_loss"] == pytest.approx(fast_flows[("dpo", "box")].loss_path[-1].tolist())
+
+
+def test_simplex_dispersion_dpo_keeps_the_rest_logit(fast_flows):
+    """DPO is balanced in log space: the rest logit never moves and pi+ never falls; the SFT term is not."""
+    d = F.simplex_dispersion(fast_flows[("dpo", "simplex")])
+    assert d["rest_logit_fixed"] and d["chosen_monotone"]
+    # from (low, high) pi- leaves faster than pi+ arrives, so the rest gains mass for a while
+    assert d["rest_increase"][1] > 0.05 and d["max_rest_increase"] == max(d["rest_increase"])
+    assert d["rest_increase"][0] == 0.0                    # from (low, low) the rest (0.9) only shrinks
+    s = F.simplex_dispersion(fast_flows[("sft_dpo", "simplex")])
+    assert not s["rest_logit_fixed"]
+    with pytest.raises(ValueError, match="simplex Flow"):
+        F.simplex_dispersion(fast_flows[("dpo", "box")])
+
+
+def test_per_start_table_shows_never_as_a_dash():
+    t = F.per_start_table({"dpo": [3, -1], "ipo": [1, 2]}, [[0.05, 0.05], [0.05, 0.45]], title="steps")
+    assert t.columns == ["(0.05, 0.05)", "(0.05, 0.45)"]
+    assert t.cell("DPO", "(0.05, 0.45)") is None and "-" in t.text().splitlines()[3]
+    ends = F.per_start_table({"dpo": ["preferred", "still moving"]}, [[0.05, 0.05], [0.05, 0.45]], never=None)
+    assert ends.cell("DPO", "(0.05, 0.45)") == "still moving"
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: F.loss_params({}, ["nosuch"]), "loss must be one of"),
+    (lambda: F.loss_params("beta"), "params must be a dict"),
+    (lambda: F.loss_params({"beta": -1.0}, ["dpo"]), "beta"),
+    (lambda: F.corner_claims("field"), "fld must be a Field"),
+    (lambda: F.corner_claims(F.field_grid("dpo", 11), dominance=0.0), "dominance"),
+    (lambda: F.field_summary(None), "fld must be a Field"),
+    (lambda: F.classify_flow("flow"), "flow must be a Flow"),
+    (lambda: F.classify_flow(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=3), low_starts=[2]), "low_starts"),
+    (lambda: F.classify_flow(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=3), max_reversals=-1), "max_reversals"),
+    (lambda: F.first_step(None), "flow must be a Flow"),
+])
+def test_analysis_bad_input_raises_one_line_value_error(call, match):
+    with pytest.raises(ValueError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_chapter_figures_draw_their_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fields = {n: F.field_grid(n, 15, coords="reward" if n == "reward_model" else "prob")
+              for n in ("dpo", "bdpo", "reward_model")}
+    fig = F.plot_landscapes(fields)
+    assert sum(ax.get_visible() for ax in fig.axes) >= 4                      # 3 panels + colour bar
+    assert any("flat" in t.get_text() for t in fig.axes[1].texts)             # bDPO is flat at pi_ref = 1
+    assert F.plot_fields(fields).axes[0].get_title() == "DPO"
+    ratio_fig = F.plot_ratio_maps(fields)
+    assert ratio_fig.axes[0].get_title().startswith("DPO: ") and ratio_fig.axes[0].get_title().endswith("%")
+    # fonts at least 10 points in a figure FIG_WIDTH inches wide (about 8.5 points on the page)
+    assert ratio_fig.get_figwidth() == pytest.approx(F.FIG_WIDTH)
+    assert min(t.get_fontsize() for t in ratio_fig.axes[0].get_xticklabels()) >= 10
+    assert len(F.plot_dpo_overview(F.field_grid("dpo", 21, coords="ratio")).axes) == 4
+    flows = F.gradient_flows(["dpo", "ipo"], F.corner_starts(), n_steps=20)
+    fig = F.plot_flows(flows, ["dpo", "ipo"], "simplex")
+    assert fig.axes[0].get_yscale() == "log" and len(fig.legends) == 1
+    assert fig.axes[0].get_ylim()[0] <= 0.5 * float(flows[("dpo", "simplex")].probs[..., 1].min())
+    fig = F.plot_start_over_steps(flows, ["dpo", "ipo"], start=1)
+    assert fig.axes[0].get_xscale() == "log" and len(fig.legends) == 1
+    plt.close("all")

@@ -46,6 +46,17 @@ take ever smaller steps towards a boundary that training simply overshoots and c
 
 :func:`region_stats` gives, per start, the steps until ``pi+ >= 0.9`` and until ``pi- <= 0.01`` (``-1`` if
 never within the budget) and where the flow ends.
+
+What the ``gradient-fields`` chapter reads off the fields and flows
+------------------------------------------------------------------
+Each returns plain data (dicts, frozen dataclasses with ``as_dict``) that the chapter shows as
+:class:`prefdyn.tables.Table` and saves: :func:`loss_params` (the chapter's parameters of every loss),
+:func:`dpo_ratio_checks` (002 Cor. 1, Remarks 1-2), :func:`corner_claims` (002 Sec. 3.2, 3.3.2 and Remark 3
+at the corners), :func:`field_summary` (ratio fractions, flat and balanced fields), :func:`region_statistics`
+(per-start statistics of every flow), :func:`classify_flow` (escape / partial / stall / stationary short of
+the target / step artefact, with :func:`first_step` and :func:`direction_changes`) and
+:func:`simplex_dispersion` (000's dispersion; DPO's fixed rest logit). The ``plot_*`` helpers at the end draw
+the chapter's figures at the width of the book's content column.
 """
 
 from __future__ import annotations
@@ -57,7 +68,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .losses import LOSS_NAMES, check_loss_params, pair_loss, reward_model_loss
+from .losses import LOSS_NAMES, LOSS_SOURCES, check_loss_params, pair_loss, reward_model_loss
 
 __all__ = [
     "FIELD_LOSSES",
@@ -81,6 +92,35 @@ __all__ = [
     "plot_field",
     "field_cmap",
     "axis_labels",
+    "CHAPTER_PARAMS",
+    "loss_params",
+    "parameter_table",
+    "dpo_ratio_checks",
+    "CornerClaim",
+    "CORNER_READINGS",
+    "corner_points",
+    "corner_claims",
+    "field_summary",
+    "CATEGORIES",
+    "CATEGORY_LABELS",
+    "region_statistics",
+    "direction_changes",
+    "first_step",
+    "FlowVerdict",
+    "low_chosen_starts",
+    "classify_flow",
+    "classify_flows",
+    "verdict_summary",
+    "simplex_dispersion",
+    "per_start_table",
+    "START_COLORS",
+    "FIG_WIDTH",
+    "plot_dpo_overview",
+    "plot_landscapes",
+    "plot_fields",
+    "plot_ratio_maps",
+    "plot_flows",
+    "plot_start_over_steps",
 ]
 
 #: Losses with a field: every loss of :mod:`prefdyn.losses` plus the reward-model loss (reward coordinates).
@@ -552,9 +592,9 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
     ``pi- <= rejected_target`` but ``pi+`` below target: 000's degradation into unlearning),
     ``"stationary"`` (neither, and the last step moved no probability by more than ``stationary_tol``: the
     flow has reached a minimum of its loss short of the target, as IPO does at its target margin) or
-    ``"stalled"`` (neither, still moving). ``stationary`` says separately whether the flow has stopped
-    moving (whatever its ``end``). ``final_rest`` (simplex only) is the mass on everything else (000's
-    dispersion); in the box it is ``None``.
+    ``"still moving"`` (neither, and not stationary: the steps ran out). ``stationary`` says separately
+    whether the flow has stopped moving (whatever its ``end``). ``final_rest`` (simplex only) is the mass
+    on everything else (000's dispersion); in the box it is ``None``.
     """
     if not isinstance(flow, Flow):
         raise ValueError(f"flow must be a Flow from gradient_flow (got {type(flow).__name__})")
@@ -577,7 +617,7 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
     for i in range(flow.starts.shape[0]):  # building the per-start dicts only; the work above is vectorised
         fc, fr = float(final[i, 0]), float(final[i, 1])
         end = ("preferred" if fc >= ct else "unlearning only" if fr <= rt
-               else "stationary" if float(last_move[i]) <= tol else "stalled")
+               else "stationary" if float(last_move[i]) <= tol else "still moving")
         out.append({
             "start_chosen": float(flow.starts[i, 0]),
             "start_rejected": float(flow.starts[i, 1]),
@@ -591,6 +631,399 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
             "stationary": bool(float(last_move[i]) <= tol),
         })
     return out
+
+
+# ----------------------------------------------------------------------------- the chapter's loss parameters
+#: Which parameter of the ``gradient-fields`` chapter sets which parameter of each loss
+#: (``{loss: {loss parameter: chapter parameter}}``): one ``beta`` serves every loss that has a beta, so
+#: that the panels compare the losses at one temperature. :func:`prefdyn.printed.loss_params` is the same
+#: mapping for the ``gradients`` chapter, whose parameters are named differently.
+CHAPTER_PARAMS: dict[str, dict[str, str]] = {
+    "dpo": {"beta": "beta"},
+    "flex_dpo": {"beta_chosen": "beta_chosen", "beta_rejected": "beta_rejected"},
+    "sft_dpo": {"beta": "beta", "gamma": "gamma"},
+    "ipo": {"beta": "beta"},
+    "slic": {"delta": "slic_delta", "eta": "slic_eta"},
+    "dpop": {"beta": "beta", "lam": "dpop_lambda"},
+    "nbdpo": {"beta": "beta", "clip": "nbdpo_clip", "symmetric": "nbdpo_symmetric"},
+    "nbdpo_v2": {"beta": "beta", "clip": "nbdpo_clip", "symmetric": "nbdpo_symmetric"},
+    "bdpo": {"beta": "beta"},
+    "reward_model": {},
+}
+
+
+def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-loss parameters from the ``gradient-fields`` chapter's parameters (:data:`CHAPTER_PARAMS`).
+
+    ``losses`` defaults to ``params["losses"]``. A chapter parameter missing from ``params`` leaves the
+    loss's default (:data:`prefdyn.losses.LOSS_DEFAULTS`); the result is validated and complete
+    (:func:`check_field_params`), ``{}`` for ``"reward_model"``.
+    """
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be a dict of the chapter's parameters (got {type(params).__name__})")
+    names = list(losses if losses is not None else params.get("losses", FIELD_LOSSES))
+    out = {}
+    for n in names:
+        if n not in CHAPTER_PARAMS:
+            raise ValueError(f"loss must be one of {', '.join(FIELD_LOSSES)} (got {n!r})")
+        out[n] = check_field_params(n, **{k: params[v] for k, v in CHAPTER_PARAMS[n].items() if v in params})
+    return out
+
+
+def parameter_table(per_loss: Mapping[str, Mapping[str, Any]]):
+    """A :class:`prefdyn.tables.Table` of each loss's parameters and its source (:data:`LOSS_SOURCES`)."""
+    from .plotting import loss_label
+    from .results import fmt
+    from .tables import Table
+
+    rows = [(loss_label(n), [", ".join(f"{k} = {fmt(v)}" for k, v in p.items()) or "-",
+                             LOSS_SOURCES.get(n, "000 Sec. 4 (reward coordinates)")])
+            for n, p in per_loss.items()]
+    return Table(["parameters", "source"], rows, corner="loss")
+
+
+# ----------------------------------------------------------------------------- 002's reading of the DPO field
+def _thr_key(t: float) -> str:
+    return f"{t:g}"
+
+
+def dpo_ratio_checks(fld: Field, *, other_beta: float | None = None, thresholds: Sequence[float] = (1.0, 10.0, 100.0),
+                     rtol: float = 1e-10) -> dict[str, Any]:
+    """002 Cor. 1 and Remarks 1-2 checked on a DPO field in 002's coordinates (``coords="ratio"``).
+
+    Returns plain data: ``ratio_equals_x1_over_x2`` (the ratio ``|dl/dx2| / |dl/dx1|`` equals ``x1/x2`` on
+    every grid point within ``rtol``), ``ratio_independent_of_beta`` (the same ratio at ``other_beta``,
+    default ten times the field's beta), ``no_stationary_point`` (``dl/dx1 < 0 < dl/dx2`` everywhere: the
+    signs of 002 eq. 2), ``frac_ratio_gt`` (grid fraction with ratio above each threshold, keyed
+    ``"1"``, ``"10"``, ...) and ``exact_area_ratio_gt`` (the exact area fraction, :func:`dpo_ratio_area`).
+    """
+    if not isinstance(fld, Field) or fld.loss != "dpo" or fld.coords != "ratio":
+        raise ValueError("fld must be a DPO Field in 002's coordinates (field_grid('dpo', coords='ratio'))")
+    beta = float(fld.params["beta"])
+    other = 10 * beta if other_beta is None else _check_pos_float(other_beta, "other_beta")
+    x1, x2 = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
+    dev = float(((fld.ratio - x1 / x2).abs() / (x1 / x2)).max())
+    _, g1, g2 = loss_and_grad("dpo", x1, x2, coords="ratio", ref_chosen=fld.ref[0], ref_rejected=fld.ref[1],
+                              beta=other)
+    a, b = 1.0 / fld.ref[0], 1.0 / fld.ref[1]
+    frac = fld.fractions(tuple(thresholds))
+    return {
+        "ratio_equals_x1_over_x2": dev < rtol,
+        "ratio_independent_of_beta": bool(torch.allclose(_ratio(g1, g2), fld.ratio, rtol=rtol)),
+        "other_beta": other,
+        "no_stationary_point": bool((fld.grad_chosen < 0).all() and (fld.grad_rejected > 0).all()),
+        "frac_ratio_gt": {_thr_key(t): frac[float(t)] for t in thresholds},
+        "exact_area_ratio_gt": {_thr_key(t): dpo_ratio_area(t, a, b) for t in thresholds},
+    }
+
+
+@dataclass(frozen=True)
+class CornerClaim:
+    """One of 002's readings of a corner of its Fig. 1(b), tested at one point.
+
+    ``grad`` is ``(dl/dx1, dl/dx2)``; ``ratio`` is ``|dl/dx2| / |dl/dx1|``; ``rel_magnitude`` is
+    ``|grad l|`` over its median on the field's grid; ``test`` says in words what ``holds`` checked.
+    """
+
+    corner: str
+    point: tuple[float, float]
+    grad: tuple[float, float]
+    ratio: float
+    rel_magnitude: float
+    source: str
+    claim: str
+    test: str
+    holds: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"corner": self.corner, "x1": self.point[0], "x2": self.point[1], "dl_dx1": self.grad[0],
+                "dl_dx2": self.grad[1], "ratio": self.ratio, "grad_over_median": self.rel_magnitude,
+                "source": self.source, "claim": self.claim, "holds": self.holds}
+
+
+#: 002's readings of the corners (Sec. 3.2, Sec. 3.3.2, Remark 3): (corner, source, claim, test in words).
+CORNER_READINGS: tuple[tuple[str, str, str, str], ...] = (
+    ("top-left", "002 Sec. 3.2", "x1 rises rapidly, x2 changes little",
+     "ratio < 1/dominance and |grad| > median"),
+    ("top-right", "002 Sec. 3.2", "x1 rises and x2 falls, overall change minor",
+     "dl/dx1 < 0 < dl/dx2 and |grad| < median"),
+    ("bottom-right", "002 Sec. 3.2, 3.3.2", "x2 falls rapidly, x1 changes little",
+     "ratio > dominance and |grad| > median"),
+    ("bottom-left", "002 Sec. 3.2 (lower part)", "x2 falls rapidly, x1 changes little",
+     "ratio > dominance and |grad| > median"),
+    ("bottom-left", "002 Remark 3", "direction does not entirely prioritise x1",
+     "ratio >= 1"),
+)
+
+
+def corner_points(fld: Field, low: float) -> dict[str, tuple[float, float]]:
+    """The four corner points of the field's plane at distance ``low`` from its edges: ``x = low`` or
+    ``x = upper - low`` per axis (upper: ``1/pi_ref`` in 002's coordinates, 1 for probabilities)."""
+    if fld.coords == "reward":
+        raise ValueError("corner points need probability or ratio coordinates (got coords='reward')")
+    up_c = 1.0 / fld.ref[0] if fld.coords == "ratio" else 1.0
+    up_r = 1.0 / fld.ref[1] if fld.coords == "ratio" else 1.0
+    low = _check_pos_float(low, "low", min(up_c, up_r) / 2)
+    lo_c, hi_c, lo_r, hi_r = low, up_c - low, low, up_r - low
+    return {"top-left": (lo_c, hi_r), "top-right": (hi_c, hi_r), "bottom-right": (hi_c, lo_r),
+            "bottom-left": (lo_c, lo_r)}
+
+
+def corner_claims(fld: Field, low: float = 0.05, *, dominance: float = 10.0) -> list[CornerClaim]:
+    """002's readings of the corners of its Fig. 1(b) (:data:`CORNER_READINGS`), each tested at the corner
+    point of :func:`corner_points`.
+
+    "Rapid" / "minor overall change" compare ``|grad l|`` with its median over ``fld``'s grid; "changes
+    little" means the other component is more than ``dominance`` times larger. One result per reading
+    (the bottom-left corner has two), in the order of :data:`CORNER_READINGS`.
+    """
+    if not isinstance(fld, Field):
+        raise ValueError(f"fld must be a Field from field_grid (got {type(fld).__name__})")
+    dominance = _check_pos_float(dominance, "dominance")
+    pts = corner_points(fld, low)
+    xy = torch.tensor(list(pts.values()), dtype=DTYPE)
+    _, g1, g2 = loss_and_grad(fld.loss, xy[:, 0], xy[:, 1], coords=fld.coords, ref_chosen=fld.ref[0],
+                              ref_rejected=fld.ref[1], **fld.params)
+    median = float(fld.magnitude.median())
+    at = {c: (float(g1[i]), float(g2[i])) for i, c in enumerate(pts)}
+    out = []
+    for corner, source, claim, test in CORNER_READINGS:
+        d1, d2 = at[corner]
+        ratio = abs(d2) / abs(d1) if d1 != 0 else math.inf
+        rel = math.hypot(d1, d2) / median
+        holds = {
+            "top-left": ratio < 1 / dominance and rel > 1,
+            "top-right": d1 < 0 < d2 and rel < 1,
+            "bottom-right": ratio > dominance and rel > 1,
+            "bottom-left": ratio >= 1 if source == "002 Remark 3" else (ratio > dominance and rel > 1),
+        }[corner]
+        out.append(CornerClaim(corner=corner, point=pts[corner], grad=(d1, d2), ratio=ratio, rel_magnitude=rel,
+                               source=source, claim=claim, test=test, holds=bool(holds)))
+    return out
+
+
+def field_summary(fld: Field, thresholds: Sequence[float] = (1.0, 10.0, 100.0),
+                  flat_tol: float = 1e-9) -> dict[str, Any]:
+    """What the small multiples of one loss show, as numbers: the grid fraction where the rejected gradient
+    dominates by more than each threshold (``frac_ratio_gt``, keyed ``"1"``, ``"10"``, ...), the median
+    ``|grad l|``, whether the landscape is flat (max - min below ``flat_tol``; then ``flat_value`` is its
+    value, else ``None``) and whether the field is balanced (ratio 1 at every grid point, as the
+    reward model's, 000 Sec. 4)."""
+    if not isinstance(fld, Field):
+        raise ValueError(f"fld must be a Field from field_grid (got {type(fld).__name__})")
+    frac = fld.fractions(tuple(thresholds))
+    flat = float(fld.value.max() - fld.value.min()) < _check_pos_float(flat_tol, "flat_tol")
+    r = fld.ratio
+    return {
+        "frac_ratio_gt": {_thr_key(t): frac[float(t)] for t in thresholds},
+        "median_grad": float(fld.magnitude.median()),
+        "flat": flat,
+        "flat_value": float(fld.value.mean()) if flat else None,
+        "balanced": bool(torch.isfinite(r).all() and torch.allclose(r, torch.ones_like(r), rtol=1e-12)),
+    }
+
+
+# ----------------------------------------------------------------------------- what the flows show
+#: Verdicts of :func:`classify_flow`, in the order the chapter lists them.
+CATEGORIES: tuple[str, ...] = ("escape", "partial", "stall", "stationary_short", "step_artefact")
+CATEGORY_LABELS: dict[str, str] = {
+    "escape": "escapes",
+    "partial": "escapes from some",
+    "stall": "stalls",
+    "stationary_short": "stops short (minimum)",
+    "step_artefact": "step artefact",
+}
+
+
+def region_statistics(flows: Mapping[tuple[str, str], Flow], chosen_target: float = 0.9,
+                      rejected_target: float = 0.01) -> dict[str, dict[str, dict[str, list]]]:
+    """:func:`region_stats` of every flow, regrouped for tables and JSON: ``{space: {loss: {key: [one value
+    per start]}}}`` with keys ``steps_to_chosen``, ``steps_to_rejected`` (``-1``: not within the steps),
+    ``final_chosen``, ``final_rejected``, ``final_rest`` (simplex only), ``min_chosen``, ``final_loss``,
+    ``end`` and ``stationary``."""
+    out: dict[str, dict[str, dict[str, list]]] = {}
+    for (loss, space), fl in flows.items():
+        rs = region_stats(fl, chosen_target, rejected_target)
+        keys = ["steps_to_chosen", "steps_to_rejected", "final_chosen", "final_rejected"]
+        keys += ["final_rest"] if space == "simplex" else []
+        keys += ["min_chosen", "end", "stationary"]
+        d = {k: [r[k] for r in rs] for k in keys}
+        d["final_loss"] = [float(v) for v in fl.loss_path[-1]]
+        out.setdefault(space, {})[loss] = d
+    return out
+
+
+def direction_changes(path: Any, tail: float = 0.5) -> torch.Tensor:
+    """How often each column of ``path`` (``(T+1, ...)``, time first) reverses direction in its last
+    ``tail`` fraction of steps. Steps that do not move (a clamped coordinate) neither count nor break a
+    run; a monotone path has 0, one that bounces around a value once per step about one per step."""
+    p = _tensor(path, "path")
+    if p.ndim < 1 or p.shape[0] < 3:
+        raise ValueError("path must have at least 3 time steps along its first axis")
+    if isinstance(tail, bool) or not isinstance(tail, numbers.Real) or not 0 < float(tail) <= 1:
+        raise ValueError(f"tail must be a number in (0, 1] (got {tail!r})")
+    p = p[min(int(p.shape[0] * (1 - float(tail))), p.shape[0] - 3):]
+    d = torch.sign(torch.diff(p, dim=0))
+    # carry the sign of the last step that moved over steps that did not (vectorised forward fill)
+    t = torch.arange(d.shape[0]).reshape(-1, *([1] * (d.ndim - 1))).expand_as(d)
+    idx = torch.where(d != 0, t, torch.zeros_like(t)).cummax(0).values
+    filled = d.gather(0, idx)
+    out = ((filled[1:] * filled[:-1]) < 0).sum(0)
+    return out
+
+
+def first_step(flow: Flow) -> list[float]:
+    """Per start: the size ``lr * |dl/dpi+|`` of the first update of ``pi+`` before any clamping (box: the
+    step in probability; simplex: the step of the chosen logit, ``lr * |dl/dz+|``)."""
+    if not isinstance(flow, Flow):
+        raise ValueError(f"flow must be a Flow from gradient_flow (got {type(flow).__name__})")
+    s = flow.starts
+    if flow.space == "box":
+        _, g, _ = loss_and_grad(flow.loss, s[:, 0], s[:, 1], coords="prob", ref_chosen=flow.ref[:, 0],
+                                ref_rejected=flow.ref[:, 1], **flow.params)
+    else:
+        z = flow.logits[0].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            lp = torch.log_softmax(z, dim=1)
+            v = pair_loss(flow.loss, lp[:, 0], lp[:, 1], torch.log(flow.ref[:, 0]), torch.log(flow.ref[:, 1]),
+                          **flow.params)
+            (gz,) = torch.autograd.grad(v.sum(), (z,))
+        g = gz[:, 0]
+    return [flow.lr * abs(float(x)) for x in g]
+
+
+@dataclass(frozen=True)
+class FlowVerdict:
+    """What one flow shows from its low-``pi+`` starts (002's left side, 000's off-policy chosen response).
+
+    ``reached``: how many of the ``low_starts`` reach ``pi+ >= chosen_target``; ``slowest``: the largest
+    number of steps they take (``-1`` unless all reach it); ``jump``: the first update alone would carry
+    ``pi+`` from a low start past the ceiling 1 (box only: the clamp, not the field, brings it to the
+    target); ``reversals``: the most direction changes of ``pi+`` or ``pi-`` in the second half of any
+    start's path (:func:`direction_changes`); ``oscillates``: ``reversals > max_reversals``.
+    ``category`` is one of :data:`CATEGORIES`:
+
+    - ``"step_artefact"``: ``jump`` or ``oscillates``: the explicit step is too large for this loss, so the
+      flow says nothing about the field (the other verdicts are not given);
+    - ``"escape"``: every low start reaches the target;
+    - ``"stationary_short"``: some do not, and each of those has stopped moving (a minimum of the loss
+      short of the target, like IPO at its target margin);
+    - ``"partial"``: some but not all reach it (and not every miss is stationary);
+    - ``"stall"``: none reaches it (and not every miss is stationary).
+    """
+
+    loss: str
+    space: str
+    low_starts: tuple[int, ...]
+    steps: tuple[int, ...]
+    final_chosen: tuple[float, ...]
+    reached: int
+    slowest: int
+    first_step: tuple[float, ...]
+    jump: bool
+    reversals: int
+    oscillates: bool
+    category: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"category": self.category, "reached": self.reached, "slowest": self.slowest,
+                "steps": list(self.steps), "final_chosen": list(self.final_chosen),
+                "first_step": list(self.first_step), "jump": self.jump, "reversals": self.reversals,
+                "oscillates": self.oscillates}
+
+
+def low_chosen_starts(starts: Any) -> tuple[int, ...]:
+    """Indices of the starts with the lowest ``pi+`` (rows ``(pi+, pi-)``)."""
+    s = _tensor(starts, "starts").reshape(-1, 2)
+    m = float(s[:, 0].min())
+    return tuple(j for j in range(s.shape[0]) if float(s[j, 0]) == m)
+
+
+def classify_flow(flow: Flow, *, chosen_target: float = 0.9, rejected_target: float = 0.01,
+                  low_starts: Sequence[int] | None = None, max_reversals: int = 10,
+                  stationary_tol: float = 1e-9) -> FlowVerdict:
+    """The verdict on one flow (see :class:`FlowVerdict`); ``low_starts`` defaults to the starts with the
+    lowest ``pi+`` (:func:`low_chosen_starts`)."""
+    if not isinstance(flow, Flow):
+        raise ValueError(f"flow must be a Flow from gradient_flow (got {type(flow).__name__})")
+    S = flow.starts.shape[0]
+    low = low_chosen_starts(flow.starts) if low_starts is None else tuple(low_starts)
+    if not low or any(isinstance(j, bool) or not isinstance(j, numbers.Integral) or not 0 <= j < S for j in low):
+        raise ValueError(f"low_starts must be a non-empty list of start indices in [0, {S}) (got {low_starts!r})")
+    max_reversals = _check_int(max_reversals, "max_reversals", 0, _MAX_STEPS)
+    rs = region_stats(flow, chosen_target, rejected_target, stationary_tol)
+    steps = tuple(rs[j]["steps_to_chosen"] for j in low)
+    reached = sum(k >= 0 for k in steps)
+    step1 = first_step(flow)
+    jump = flow.space == "box" and any(step1[j] >= 1.0 - float(flow.starts[j, 0]) for j in low)
+    reversals = int(direction_changes(flow.probs[..., :2]).max()) if flow.probs.shape[0] >= 3 else 0
+    oscillates = reversals > max_reversals
+    misses = [j for j in low if rs[j]["steps_to_chosen"] < 0]
+    if jump or oscillates:
+        category = "step_artefact"
+    elif not misses:
+        category = "escape"
+    elif all(rs[j]["stationary"] for j in misses):
+        category = "stationary_short"
+    elif reached > 0:
+        category = "partial"
+    else:
+        category = "stall"
+    return FlowVerdict(loss=flow.loss, space=flow.space, low_starts=low, steps=steps,
+                       final_chosen=tuple(rs[j]["final_chosen"] for j in low), reached=reached,
+                       slowest=max(steps) if not misses else -1, first_step=tuple(step1[j] for j in low),
+                       jump=jump, reversals=reversals, oscillates=oscillates, category=category)
+
+
+def classify_flows(flows: Mapping[tuple[str, str], Flow], **kwargs: Any) -> dict[tuple[str, str], FlowVerdict]:
+    """:func:`classify_flow` of every flow of :func:`gradient_flows` (same keys)."""
+    return {k: classify_flow(fl, **kwargs) for k, fl in flows.items()}
+
+
+def verdict_summary(verdicts: Mapping[tuple[str, str], FlowVerdict]) -> dict[str, dict[str, list[str]]]:
+    """``{space: {category: [losses]}}`` for every category of :data:`CATEGORIES` (empty lists kept), the
+    losses in the order of ``verdicts``."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for (loss, space), v in verdicts.items():
+        out.setdefault(space, {c: [] for c in CATEGORIES})[v.category].append(loss)
+    return out
+
+
+def simplex_dispersion(flow: Flow, atol: float = 1e-12) -> dict[str, Any]:
+    """000's dispersion on the simplex: how much mass the rest (everything but the two responses) gains.
+
+    Returns ``rest_increase`` (per start: the highest rest mass on the way minus the start's),
+    ``max_rest_increase`` (over the starts), ``rest_logit_fixed`` (the rest logit moved by at most
+    ``atol``: the loss's log-space weights are balanced, ``dl/dlog pi+ = -dl/dlog pi-``, as DPO's) and
+    ``chosen_monotone`` (``pi+`` never decreases, up to 1e-15).
+    """
+    if not isinstance(flow, Flow) or flow.space != "simplex" or flow.logits is None:
+        raise ValueError("flow must be a simplex Flow (gradient_flow(..., space='simplex'))")
+    rest = flow.probs[..., 2]
+    inc = rest.max(0).values - rest[0]
+    z = flow.logits[..., 2]
+    pc = flow.probs[..., 0]
+    return {
+        "rest_increase": [float(v) for v in inc],
+        "max_rest_increase": float(inc.max()),
+        "rest_logit_fixed": bool((z - z[0]).abs().max() <= _check_pos_float(atol, "atol")),
+        "chosen_monotone": bool((pc[1:] >= pc[:-1] - 1e-15).all()),
+    }
+
+
+def per_start_table(values: Mapping[str, Sequence[Any]], starts: Any, *, title: str = "", note: str = "",
+                    never: Any = -1):
+    """A :class:`prefdyn.tables.Table` with one row per loss and one column per start ``(pi+, pi-)``; a
+    cell equal to ``never`` (the ``-1`` of the step counts) is shown as ``-``."""
+    from .plotting import loss_label
+    from .results import fmt
+    from .tables import Table
+
+    s = _tensor(starts, "starts").reshape(-1, 2)
+    cols = [f"({fmt(float(a))}, {fmt(float(b))})" for a, b in s]
+    rows = [(loss_label(n), [None if (never is not None and v == never) else v for v in vs])
+            for n, vs in values.items()]
+    return Table(cols, rows, title=title, note=note, corner="loss \\ start (π+, π−)")
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -660,3 +1093,250 @@ def plot_field(ax, fld: Field, *, norm=None, cmap=None, density: float = 1.0, ba
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
     return sp.lines
+
+
+# ----------------------------------------------------------------------------- the chapter's figures
+#: One colour per corner start, in the order of :func:`corner_starts` (Okabe-Ito).
+START_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7")
+#: Width (inches) of the chapter's figures and their fonts. The book shows a figure at the width of its
+#: content column (about 684 px at a 1280 px window), so a figure ``w`` inches wide is shown at
+#: ``6.2 / w`` of its size (at 110 dpi); at 8.4 inches the 10-point fonts below read as 8.5 points.
+FIG_WIDTH = 8.4
+_FONTS = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 10,
+          "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 11}
+_SHORT_LABELS = {"ratio": ("$x_1$", "$x_2$"), "prob": (r"$\pi^+$", r"$\pi^-$"), "reward": ("$r^+$", "$r^-$")}
+
+
+def _readable():
+    """The fonts of the chapter's figures (a ``matplotlib.rc_context``)."""
+    import matplotlib
+
+    return matplotlib.rc_context(_FONTS)
+
+
+def _panel_title(fld: Field) -> str:
+    from .plotting import loss_label
+
+    return loss_label(fld.loss) + (" (rewards)" if fld.coords == "reward" else "")
+
+
+def _short_labels(ax, fld: Field) -> None:
+    """Short axis labels and three ticks per axis (small multiples)."""
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+    xl, yl = _SHORT_LABELS[fld.coords]
+    ax.set_xlabel(xl, labelpad=1)
+    ax.set_ylabel(yl, labelpad=1)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=2))
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+
+
+def _grid_of(n: int, ncols: int, height: float):
+    """``small_multiples`` at the chapter's width: ``ncols`` panels across :data:`FIG_WIDTH`."""
+    from .plotting import small_multiples
+
+    ncols = max(1, min(ncols, n))
+    return small_multiples(n, ncols=ncols, sharex=False, sharey=False, panel=(FIG_WIDTH / ncols, height))
+
+
+def _log10_ratio(fld: Field, clip: float = 3.0):
+    """``log10`` of the field's ratio, ``+-inf`` clipped to ``+-clip``, ``nan`` (both components vanish)
+    masked."""
+    import numpy as np
+
+    with np.errstate(divide="ignore"):
+        lr = np.log10(fld.ratio.numpy())
+    return np.ma.masked_invalid(np.clip(np.where(np.isinf(lr), np.sign(lr) * clip, lr), -clip, clip))
+
+
+def plot_dpo_overview(fld: Field, ratio_levels: Sequence[float] = (1.0, 10.0, 100.0)):
+    """002 Fig. 1 redrawn: (a) the landscape, (b) the descent field coloured by ``|grad l|`` (log scale)
+    with the level lines where ``|dl/dx2| / |dl/dx1|`` equals each of ``ratio_levels``. Returns the figure."""
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    with _readable():
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(FIG_WIDTH, 3.6))
+        cs = plot_landscape(ax1, fld, levels=25)
+        fig.colorbar(cs, ax=ax1, label=r"$\mathcal{L}_{\mathrm{DPO}}$")
+        beta = fld.params.get("beta")
+        ax1.set_title(f"(a) {_panel_title(fld)} landscape" + (f", β = {beta:g}" if beta is not None else ""))
+        mag = fld.magnitude
+        norm = mcolors.LogNorm(vmin=float(mag.min()), vmax=float(mag.max()))
+        lines = plot_field(ax2, fld, norm=norm, density=0.9)
+        fig.colorbar(lines, ax=ax2, label=r"$|\nabla\mathcal{L}|$ (log scale)")
+        levels = [math.log10(k) for k in ratio_levels]
+        styles = [":", "--", "-", "-."][:len(levels)]
+        rl = ax2.contour(fld.chosen.numpy(), fld.rejected.numpy(), _log10_ratio(fld).filled(np.nan),
+                         levels=levels, colors="k", linestyles=styles, linewidths=1.2)
+        ax2.clabel(rl, fmt={lv: f"ratio {k:g}" for lv, k in zip(levels, ratio_levels)}, fontsize=10)
+        ax2.set_title(r"(b) descent field $-\nabla\mathcal{L}$")
+    return fig
+
+
+def plot_landscapes(fields: Mapping[str, Field], ncols: int = 3):
+    """Small multiples of the landscapes of ``fields`` (``{loss: Field}``) on one logarithmic colour scale
+    (from the smallest positive value, at least 1e-3, to the largest), with each panel's own level lines in
+    white; a flat landscape says so. Returns the figure."""
+    import matplotlib.colors as mcolors
+    import numpy as np
+    from matplotlib.cm import ScalarMappable
+
+    from .results import fmt
+
+    vals = torch.cat([f.value.flatten() for f in fields.values()])
+    norm = mcolors.LogNorm(vmin=max(1e-3, float(vals[vals > 0].min())), vmax=float(vals.max()))
+    levels = np.geomspace(norm.vmin, norm.vmax, 30)
+    with _readable():
+        fig, axes = _grid_of(len(fields), ncols, 2.3)
+        for ax, fld in zip(axes, fields.values()):
+            x, y, v = fld.chosen.numpy(), fld.rejected.numpy(), fld.value.numpy()
+            ax.contourf(x, y, np.clip(v, norm.vmin, norm.vmax), levels=levels, norm=norm, cmap="viridis")
+            if float(v.max() - v.min()) > 1e-9:
+                own = ax.contour(x, y, v, levels=5, colors="white", linewidths=0.7)
+                ax.clabel(own, fontsize=9, fmt="%.3g")
+            else:
+                ax.text(0.5, 0.5, f"flat: {fmt(float(v.mean()))}", transform=ax.transAxes, ha="center",
+                        va="center", color="white")
+            _short_labels(ax, fld)
+            ax.set_title(_panel_title(fld))
+        fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=axes, label="loss (log scale, shared)",
+                     shrink=0.7)
+        fig.suptitle("Loss landscapes (colour: one scale; white: each panel's levels)")
+    return fig
+
+
+def plot_fields(fields: Mapping[str, Field], ncols: int = 3, density: float = 0.5):
+    """Small multiples of the descent fields of ``fields`` (:func:`plot_field`), one logarithmic colour
+    scale for ``|grad l|`` clipped at its 1st and 99th percentiles over all panels. Returns the figure."""
+    import matplotlib.colors as mcolors
+    from matplotlib.cm import ScalarMappable
+
+    mags = torch.cat([f.magnitude.flatten() for f in fields.values()])
+    pos = mags[mags > 0]
+    norm = mcolors.LogNorm(vmin=float(torch.quantile(pos, 0.01)), vmax=float(torch.quantile(pos, 0.99)))
+    with _readable():
+        fig, axes = _grid_of(len(fields), ncols, 2.3)
+        for ax, fld in zip(axes, fields.values()):
+            plot_field(ax, fld, norm=norm, density=density)
+            _short_labels(ax, fld)
+            ax.set_title(_panel_title(fld))
+        fig.colorbar(ScalarMappable(norm=norm, cmap=field_cmap()), ax=axes, extend="both",
+                     label=r"$|\nabla\ell|$ (log scale, shared)", shrink=0.7)
+        fig.suptitle(r"Descent fields $-\nabla\ell$")
+    return fig
+
+
+def plot_ratio_maps(fields: Mapping[str, Field], ncols: int = 3, clip: float = 3.0):
+    """Small multiples of ``log10 |dl/d rejected| / |dl/d chosen|`` on one diverging scale (clipped to
+    ``+-clip``; red: the rejected gradient dominates; grey: both components vanish), with the level lines
+    10 (dashed) and 100 (solid), and each panel's percentage of the grid above 10 in its title. Returns
+    the figure."""
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.cm import ScalarMappable
+
+    from .results import fmt
+
+    norm = mcolors.Normalize(vmin=-clip, vmax=clip)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.75")
+    with _readable():
+        fig, axes = _grid_of(len(fields), ncols, 2.3)
+        for ax, fld in zip(axes, fields.values()):
+            lr = _log10_ratio(fld, clip)
+            x, y = fld.chosen.numpy(), fld.rejected.numpy()
+            ax.pcolormesh(x, y, lr, norm=norm, cmap=cmap, shading="nearest", rasterized=True)
+            if np.nanmax(lr.filled(np.nan)) > 1:
+                ax.contour(x, y, lr.filled(np.nan), levels=[1, 2], colors="k", linestyles=["--", "-"],
+                           linewidths=0.9)
+            _short_labels(ax, fld)
+            ax.set_title(f"{_panel_title(fld)}: {fmt(100 * fld.fractions((10.0,))[10.0])}%")
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.7,
+                     label=r"$\log_{10}$ ratio rejected / chosen (shared)")
+        fig.suptitle("Where the rejected gradient dominates (dashed: 10x, solid: 100x;\n"
+                     "title: % of the grid above 10x)")
+    return fig
+
+
+def _start_label(s) -> str:
+    from .results import fmt
+
+    return f"({fmt(float(s[0]))}, {fmt(float(s[1]))})"
+
+
+def plot_flows(flows: Mapping[tuple[str, str], Flow], losses: Sequence[str], space: str, *,
+               chosen_target: float = 0.9, rejected_target: float = 0.01, ncols: int = 4):
+    """Small multiples of the flows of ``losses`` in ``space`` in the ``(pi+, pi-)`` plane, ``pi-`` on a
+    log axis (it collapses by orders of magnitude); one colour per start, o start, x end, dotted lines at
+    the targets, and on the simplex the edge ``pi+ + pi- = 1``. The legend sits below the panels."""
+    import numpy as np
+
+    from .plotting import loss_label, small_multiples
+
+    lows = [flows[(n, space)].probs[..., 1] for n in losses]
+    floor = min([1e-6] + [float(p[p > 0].min()) for p in lows if bool((p > 0).any())])
+    with _readable():
+        ncols = max(1, min(ncols, len(losses)))
+        fig, axes = small_multiples(len(losses), ncols=ncols, sharex=True, sharey=True,
+                                    panel=(FIG_WIDTH / ncols, 2.2))
+        for ax, n in zip(axes, losses):
+            fl = flows[(n, space)]
+            p = fl.probs.numpy()
+            for j in range(p.shape[1]):
+                c = START_COLORS[j % len(START_COLORS)]
+                ax.plot(p[:, j, 0], p[:, j, 1], color=c, lw=1.3, label=f"start {_start_label(fl.starts[j])}")
+                ax.plot(p[0, j, 0], p[0, j, 1], "o", color=c, ms=4)
+                ax.plot(p[-1, j, 0], p[-1, j, 1], "x", color=c, ms=6)
+            ax.axvline(chosen_target, color="0.4", ls=":", lw=1)
+            ax.axhline(rejected_target, color="0.4", ls=":", lw=1)
+            if space == "simplex":
+                xs = np.linspace(0, 1, 200)
+                ax.plot(xs, np.clip(1 - xs, 0.5 * floor, None), color="0.2", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_xlim(0, 1.02)
+            ax.set_ylim(0.5 * floor, 1.5)
+            ax.set_xticks([0, 0.5, 1], ["0", "0.5", "1"])
+            ax.set_title(loss_label(n))
+        for ax in axes[-ncols:]:
+            ax.set_xlabel(r"$\pi^+$")
+        for ax in axes[::ncols]:
+            ax.set_ylabel(r"$\pi^-$ (log)")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4,
+                   title="(π+, π−) at the start: o, at the end: x", handlelength=1.5, columnspacing=1.0)
+    return fig
+
+
+def plot_start_over_steps(flows: Mapping[tuple[str, str], Flow], losses: Sequence[str], start: int, *,
+                          chosen_target: float = 0.9):
+    """Three panels over the steps (log axis) from start number ``start``: ``pi+`` in the box, ``pi+`` on
+    the simplex and the rest ``1 - pi+ - pi-`` on the simplex, one line per loss; legend below the
+    panels. Returns the figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .plotting import loss_color, loss_label
+
+    some = flows[(losses[0], "box")]
+    steps = np.arange(some.n_steps + 1) + 1
+    with _readable():
+        fig, axes = plt.subplots(1, 3, figsize=(FIG_WIDTH, 3.4), sharey=True)
+        for n in losses:
+            c = loss_color(n)
+            axes[0].plot(steps, flows[(n, "box")].probs[:, start, 0], color=c, label=loss_label(n))
+            axes[1].plot(steps, flows[(n, "simplex")].probs[:, start, 0], color=c)
+            axes[2].plot(steps, flows[(n, "simplex")].probs[:, start, 2], color=c)
+        for ax, title in zip(axes, [r"box: $\pi^+$", r"simplex: $\pi^+$", r"simplex: rest"]):
+            ax.set_xscale("log")
+            ax.set_xlabel("step + 1")
+            ax.set_title(title)
+            ax.set_ylim(-0.02, 1.02)
+        for ax in axes[:2]:
+            ax.axhline(chosen_target, color="0.4", ls=":", lw=1)
+        axes[0].set_ylabel("probability")
+        fig.suptitle(f"From the start (π+, π−) = {_start_label(some.starts[start])}; "
+                     "rest = 1 − π+ − π−")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4)
+    return fig
