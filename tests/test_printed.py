@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -281,4 +282,101 @@ def test_notes_show_the_missing_conditions():
     r = n["004-cor1"].check()
     assert r["|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.1, pi_l = 0.3"] == pytest.approx(3.0, rel=1e-12)  # positively imbalanced
     assert r["|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.3, pi_l = 0.1"] == pytest.approx(1 / 3, rel=1e-12)
-    assert "mu_p" in P.note_markdown(n["004-thm3"], str)
+    assert r"mu\_p" in P.note_markdown(n["004-thm3"], str)     # escaped: not Markdown emphasis
+
+
+# ------------------------------------------------------------------------------------ the chapter's views
+def _balanced(tex):
+    """Braces and \\left/\\right pairs balance within one line (as MathJax needs in each aligned row)."""
+    depth = lefts = 0
+    for m in re.finditer(r"\\left\\?.|\\right\\?.|(?<!\\)[{}]", tex):
+        t = m.group()
+        if t == "{":
+            depth += 1
+        elif t == "}":
+            depth -= 1
+        elif t.startswith("\\left"):
+            lefts += 1
+        else:
+            lefts -= 1
+        if depth < 0 or lefts < 0:
+            return False
+    return depth == 0 and lefts == 0
+
+
+def test_md_escape_keeps_plain_text_plain():
+    assert P.md_escape("pi+_{i,c} * |dl/dpi-| [x] $y$") == r"pi+\_{i,c} \* \|dl/dpi-\| \[x\] \$y\$"
+
+
+def test_tex_width_follows_tex_sizes():
+    w = P.tex_width
+    assert w("x") == pytest.approx(1.0)
+    assert w("x^{2}") == pytest.approx(1.7)                 # a superscript in script size
+    assert w(r"\frac{a}{b}") < w("ab")                      # a fraction is as wide as its wider part
+    assert w(r"\frac{abcd}{b}") > w(r"\frac{ab}{b}")
+    assert w(r"\left( x \right)") == pytest.approx(w("(x)") + 0.1)
+    assert w(r"\text{printed:}") == pytest.approx(0.75 * 8)
+
+
+@pytest.mark.parametrize("eid", ["004-eq4", "004-eq36", "004-eq25", "004-eq47", "004-eq43"])
+def test_break_lines_cuts_wide_errata_into_valid_lines(eid):
+    e = P.ERRATA_BY_ID[eid]
+    budget = P.WIDTH_BOX - 3                                # as erratum_markdown cuts them
+    assert P.tex_width(P._tex(e.printed)) > budget or P.tex_width(P._tex(e.corrected)) > budget
+    for expr in (e.printed, e.corrected):
+        lines = P.break_lines(expr, budget)
+        assert len(lines) >= 2 or P.tex_width(lines[0]) <= budget, eid
+        assert all(_balanced(ln) for ln in lines), lines
+        assert max(map(P.tex_width, lines)) <= budget, lines
+        joined = " ".join(lines)
+        assert joined.count(r"\Bigl") + joined.count(r"\biggl") == joined.count(r"\Bigr") + joined.count(r"\biggr")
+        if isinstance(expr, sp.Add) and r"\Bigl" not in joined and r"\biggl" not in joined:
+            # a sum cut between its terms is the same LaTeX, only split
+            assert re.sub(r"\s+", "", joined) == re.sub(r"\s+", "", P._tex(expr))
+
+
+def test_break_lines_keeps_what_fits_on_one_line():
+    expr = P.ERRATA_BY_ID["000-cor1"].corrected
+    assert P.break_lines(expr, 40) == [P._tex(expr)]
+    wide = P.gradients("dpop").d_pi_plus                    # a fraction: nothing to cut, set smaller
+    assert P.break_lines(wide, 10)[0].startswith(r"\small ")
+
+
+def test_tex_uses_powers_not_roots():
+    assert P._tex(P.PI_M ** sp.Rational(1, 10)) == r"\left(\pi^{-}\right)^{1/10}"
+
+
+def test_views_fit_the_page():
+    names = ["dpo", "slic"]
+    rows = P.comparison_table(names, P.loss_params({}, names))
+    for t in (P.comparison_view(rows), P.params_view(P.loss_params({})), P.papers_view({"000 eq. 6": 0.0}),
+              P.errata_view({"000-cor1": P.ERRATA_BY_ID["000-cor1"].check()})):
+        assert len(t.columns) <= 5 and "<table" in t._repr_html_()
+    view = P.comparison_view(rows)
+    assert view.cell("DPO", "balanced (log)") is True and view.cell("SLiC", "|∂ℓ/∂π⁻| →") == "0"
+    assert "sympy" not in view.text() and "∞" in view.text()
+
+
+def test_loss_markdown_is_myst_math():
+    rows = P.comparison_table(["dpop"], P.loss_params({}, ["dpop"]))
+    md = P.loss_markdown("dpop", rows["dpop"])
+    assert md.startswith("### DPOP") and md.count("$$") % 2 == 0
+    assert r"\begin{aligned}" in md and "Heaviside" in md and "**no**" in md
+    assert r"\sqrt[" not in md                              # powers, not roots
+
+
+def test_erratum_markdown_is_one_box_with_both_forms():
+    for k, e in enumerate(P.ERRATA, 1):
+        md = P.erratum_markdown(e, k)
+        assert md.startswith(f":::{{admonition}} Erratum {k}: {e.paper}") and md.endswith(":::")
+        assert md.count(":::") == 2 and md.count("$$") % 2 == 0
+        assert ("printed:" in md and "corrected:" in md) or ("Printed:" in md and "Corrected:" in md)
+        assert "\n#" not in md                               # no headings inside a box
+
+
+def test_printed_markdown_lists_every_agreeing_form():
+    agree = {p.key: 0.0 for p in P.PRINTED}
+    md = P.printed_markdown(agree).splitlines()
+    assert len(md) == 2 + len(P.PRINTED) and all(ln.startswith("| ") for ln in md)
+    by = P.printed_agreement(agree)
+    assert sum(map(len, by.values())) == len(P.PRINTED) and set(by) == {"000", "002", "004"}

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence
@@ -69,8 +70,15 @@ __all__ = [
     "derived",
     "loss_params",
     "loss_markdown",
+    "md_escape",
+    "params_view",
+    "comparison_view",
     "table_text",
+    "printed_agreement",
+    "papers_view",
+    "printed_markdown",
     "erratum_markdown",
+    "errata_view",
     "errata_text",
     "Note",
     "NOTES",
@@ -1022,7 +1030,8 @@ def comparison_table(losses: Sequence[str], params: Mapping[str, Mapping[str, An
       'finite', 'inf'), for the given parameter values;
     - ``d_pi_plus_vanishes``: ``d_pi_plus_limit == '0'`` (000 Cor. 2's "degradation");
     - ``balanced_log``: dl/dlog pi+ + dl/dlog pi- == 0 identically (as the reward model's, 000 Sec. 4);
-    - ``lead_d_pi_plus``, ``lead_d_pi_minus``: LaTeX of the leading terms (numeric parameters).
+    - ``lead_d_pi_plus``, ``lead_d_pi_minus``: LaTeX of the leading terms (numeric parameters), and
+      ``lead_exprs``: the two as sympy expressions (None where undecided), for :func:`loss_markdown`.
     """
     S = _symbolic()
     rows: dict[str, dict[str, Any]] = {}
@@ -1046,24 +1055,309 @@ def comparison_table(losses: Sequence[str], params: Mapping[str, Mapping[str, An
             "d_pi_minus_limit": _tends(lr),
             "d_pi_plus_vanishes": _tends(lc) == "0",
             "balanced_log": bool(g.balanced_log),
-            "lead_d_pi_plus": latex(le_c) if le_c is not None else "undecided",
-            "lead_d_pi_minus": latex(le_r) if le_r is not None else "undecided",
+            "lead_d_pi_plus": _tex(le_c) if le_c is not None else "undecided",
+            "lead_d_pi_minus": _tex(le_r) if le_r is not None else "undecided",
+            "lead_exprs": (le_c, le_r),
         }
     return rows
 
 
-# ============================================================================ chapter rendering (text and Markdown)
+# ============================================================================ chapter rendering (tables and Markdown)
+# The ``gradients`` chapter shows its results through these views: Markdown (parsed as MyST by the book, so
+# ``$...$`` and ``$$...$$`` are typeset) and :class:`prefdyn.tables.Table` (HTML in the book, aligned text
+# for nbval). Everything here is a deterministic function of the derivations: no numbers from a run
+# except float64 evaluations rounded by ``fmt``.
 _TENDS = {"0": r"\to 0", "finite": r"\to \text{a finite non-zero value}", "inf": r"\to \infty",
           "undecided": r"\text{(sympy could not decide)}"}
+_TENDS_TEXT = {"0": "0", "finite": "finite", "inf": "∞", "undecided": "undecided"}
+_PAPERS = ("000", "002", "004")
+_AUTHORS = {"000": "Yan et al.", "002": "Feng et al.", "004": "Ma et al."}
+#: Display names of the losses' parameters (as the papers write them).
+_PARAM_NAMES = {"beta": "β", "beta_chosen": "β⁺", "beta_rejected": "β⁻", "gamma": "γ", "delta": "δ", "eta": "η",
+                "lam": "λ", "clip": "Δλ_max", "symmetric": "symmetric clipping"}
+_MD_SPECIAL = "\\`*_[]<>$|~#"
+
+
+def _tex(expr: sp.Expr) -> str:
+    """LaTeX for display: the book's symbol names, powers written as powers (``(\\pi^-)^{1/10}``, not a
+    10th root, which is hard to read at the size of an exponent)."""
+    return sp.latex(expr, symbol_names=LATEX_NAMES, root_notation=False, fold_frac_powers=True)
+
+
+# ---------------------------------------------------------------- breaking wide formulas into lines
+#: Pixels per unit of :func:`tex_width` in the book's MathJax display math (measured on the built pages:
+#: 11.6-18.8, median 13.8; taken on the safe side), and the width budgets in units: the content column is about 688 px wide, a boxed
+#: block (admonition) about 620 px.
+PX_PER_UNIT = 15.0
+WIDTH_PAGE = 688 / PX_PER_UNIT
+WIDTH_BOX = 620 / PX_PER_UNIT
+
+_TEX_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|[{}^_&]|\s+|[^\\{}^_&\s]")
+_TEX_FUNCS = {"log": 2.2, "exp": 2.4, "min": 2.6, "max": 2.6, "sin": 2.0, "cos": 2.2, "lim": 2.0}
+_TEX_DELIMS = {"left", "right", "bigl", "bigr", "Bigl", "Bigr", "biggl", "biggr"}
+_TEX_SPACES = {"quad": 1.8, "qquad": 3.6, ",": 0.3, ";": 0.5, ":": 0.4, "!": -0.3, " ": 0.4}
+_TEX_RELATIONS = {"to", "sim", "equiv", "gg", "ll", "leq", "geq", "approx", "cdot", "times"}
+
+
+def tex_width(tex: str) -> float:
+    """A rough rendered width of one line of display LaTeX, in units of about one italic letter (see
+    :data:`PX_PER_UNIT`), following TeX's styles: a fraction's parts one style smaller (display -> text ->
+    script -> scriptscript), sub- and superscripts in script size (0.7) or scriptscript size (0.5),
+    ``\\left``/``\\right`` their delimiter only. Good to about 20%: enough to decide where to break."""
+    toks = [t for t in _TEX_TOKEN.findall(tex) if not t.isspace()]
+    size = (1.0, 1.0, 0.7, 0.5)      # display, text, script, scriptscript
+    pos = 0
+
+    def raw_group() -> str:
+        nonlocal pos
+        if pos >= len(toks) or toks[pos] != "{":
+            return ""
+        depth, out = 0, []
+        while pos < len(toks):
+            t = toks[pos]
+            pos += 1
+            depth += (t == "{") - (t == "}")
+            if depth == 0:
+                break
+            if not (t == "{" and depth == 1):
+                out.append(t)
+        return "".join(out)
+
+    def arg(style: int) -> float:
+        nonlocal pos
+        if pos >= len(toks):
+            return 0.0
+        t = toks[pos]
+        pos += 1
+        return group(style) if t == "{" else one(t, style)
+
+    def one(t: str, style: int) -> float:
+        nonlocal pos
+        k = size[style]
+        if t.startswith("\\"):
+            name = t[1:]
+            if name == "frac":
+                inner = min(style + 1, 3)
+                return max(arg(inner), arg(inner)) + 0.3 * k
+            if name in ("text", "mathrm", "operatorname", "mathbf", "mathit"):
+                return 0.75 * k * len(raw_group())
+            if name in ("begin", "end"):
+                raw_group()
+                return 0.0
+            if name in _TEX_DELIMS:
+                d = toks[pos] if pos < len(toks) else "."
+                pos += 1
+                return 0.0 if d == "." else 0.6 * k
+            if name in ("mathbb", "mathcal", "hat", "bar", "tilde", "sqrt"):
+                return arg(style) + (0.6 * k if name == "sqrt" else 0.0)
+            if name in ("displaystyle", "textstyle", "limits", "nonumber", "\\"):
+                return 0.0
+            if name in _TEX_FUNCS:
+                return _TEX_FUNCS[name] * k
+            if name in _TEX_SPACES:
+                return _TEX_SPACES[name] * k
+            return (2.0 if name in _TEX_RELATIONS else 1.0) * k
+        if t in "^_":
+            return arg(max(2, min(style + 1, 3)))
+        if t == "{":
+            return group(style)
+        if t in "+-=<>":
+            return (2.0 if style < 2 else 1.0) * k
+        if t in "()[]|":
+            return 0.55 * k
+        if t in ",.;:'":
+            return 0.4 * k
+        if t.isalpha() and t.isupper():       # capitals are wider than the italic lower-case letter
+            return 1.3 * k
+        return 0.0 if t in "&}" else k
+
+    def group(style: int) -> float:
+        nonlocal pos
+        total = 0.0
+        while pos < len(toks):
+            t = toks[pos]
+            pos += 1
+            if t == "}":
+                return total
+            total += one(t, style)
+        return total
+
+    total = 0.0
+    while pos < len(toks):
+        t = toks[pos]
+        pos += 1
+        total += one(t, 0)
+    return total
+
+
+# A sum stands in for the sum being cut, so that sympy brackets it exactly as it brackets a sum there.
+_PLACEHOLDER = sp.Symbol("XQHOLDA") + sp.Symbol("XQHOLDB")
+_GROUP_TOKEN = re.compile(r"\\left\\?.|\\right\\?.|[{}]")
+
+
+def _unwrap(prefix: str, suffix: str) -> tuple[str, str] | None:
+    """Make ``prefix`` + (lines) + ``suffix`` valid across aligned rows: the groups that ``prefix`` opens
+    and ``suffix`` closes become ``\\Bigl(`` ... ``\\Bigr)`` (``{\\left(`` loses its brace). None when a
+    group cannot be split (e.g. the argument of ``\\frac``)."""
+    stack = []
+    for m in _GROUP_TOKEN.finditer(prefix):
+        t = m.group()
+        if t == "{" or t.startswith("\\left"):
+            stack.append(m)
+        elif stack:
+            stack.pop()
+    closers, depth = [], 0
+    for m in _GROUP_TOKEN.finditer(suffix):
+        t = m.group()
+        if t == "{" or t.startswith("\\left"):
+            depth += 1
+        elif depth:
+            depth -= 1
+        else:
+            closers.append(m)
+    if len(closers) != len(stack):
+        return None
+    pre_edits, suf_edits = [], []
+    for opener, closer in zip(reversed(stack), closers):
+        o, c = opener.group(), closer.group()
+        if o.startswith("\\left") and c.startswith("\\right"):
+            pre_edits.append((opener.span(), r"\Bigl" + o[5:]))
+            suf_edits.append((closer.span(), r"\Bigr" + c[6:]))
+        elif o == "{" and c == "}" and prefix[opener.end():].lstrip().startswith("\\left"):
+            pre_edits.append((opener.span(), ""))
+            suf_edits.append((closer.span(), ""))
+        else:
+            return None
+
+    def apply(text, edits):
+        for (a, b), rep in sorted(edits, reverse=True):
+            text = text[:a] + rep + text[b:]
+        return text
+
+    return apply(prefix, pre_edits), apply(suffix, suf_edits)
+
+
+def _terms(expr: sp.Expr) -> list[str]:
+    """The LaTeX of the terms of a sum, each with its sign: ``["a", "+ b", "- c"]``."""
+    out = []
+    for k, t in enumerate(expr.as_ordered_terms()):
+        tex = _tex(t)
+        if k and not tex.lstrip().startswith("-"):
+            tex = "+ " + tex
+        out.append(tex)
+    return out
+
+
+def _chunks(pieces: Sequence[str], budget: float, first: float | None = None) -> list[str]:
+    """``pieces`` joined greedily into lines of at most ``budget`` (the first line: ``first``)."""
+    lines: list[str] = []
+    for piece in pieces:
+        room = first if first is not None and len(lines) == 1 else budget
+        if lines and tex_width(lines[-1] + " " + piece) <= room:
+            lines[-1] += " " + piece
+        else:
+            lines.append(piece)
+    return lines
+
+
+def break_lines(expr: sp.Expr, budget: float) -> list[str]:
+    """The LaTeX of ``expr`` as one line, or, when :func:`tex_width` says it is wider than ``budget``,
+    as several lines: a sum is cut between its terms, or else a sum inside it whose brackets can be
+    split across lines (a function's argument, a factor in brackets; not a fraction's numerator), its
+    brackets becoming ``\\Bigl(``/``\\Bigr)``. Continuation lines start with their operator; join them
+    with ``\\\\`` in an aligned environment. The first cut whose lines all fit wins, else the one with
+    the narrowest widest line if that is clearly narrower; else one line in ``\\small`` type."""
+    tex = _tex(expr)
+    if tex_width(tex) <= budget:
+        return [tex]
+    options = []
+    if isinstance(expr, sp.Add):
+        options.append(_chunks(_terms(expr), budget))
+    mark = _tex(_PLACEHOLDER)
+    candidates = sorted({a for a in sp.preorder_traversal(expr) if isinstance(a, sp.Add) and a is not expr},
+                        key=lambda a: (-tex_width(_tex(a)), _tex(a)))
+    for sub in candidates:
+        whole = _tex(expr.xreplace({sub: _PLACEHOLDER}))
+        if whole.count(mark) != 1:
+            continue
+        cut = _unwrap(*whole.split(mark))
+        if cut is None:
+            continue
+        prefix, suffix = cut
+        if "frac" in _tex(sub):
+            prefix, suffix = prefix.replace(r"\Bigl", r"\biggl"), suffix.replace(r"\Bigr", r"\biggr")
+        terms = _terms(sub)
+        lines = _chunks(terms, budget - 2.0, first=budget - tex_width(prefix))
+        if tex_width(prefix + lines[0]) > budget:          # the first term does not fit after the prefix:
+            if tex_width(prefix) < 0.2 * budget:           # give the prefix a line of its own, unless tiny
+                continue
+            lines = [prefix] + _chunks(terms, budget - 2.0)
+        else:
+            lines[0] = prefix + lines[0]
+        if min(map(tex_width, lines)) < 0.2 * budget:     # no line of a lone "1" or "+ 1)"
+            continue
+        lines[-1] = lines[-1] + suffix
+        if len(lines) > 1:
+            options.append(lines)
+    for lines in options:
+        if max(map(tex_width, lines)) <= budget:
+            return lines
+    best = min(options, key=lambda ls: max(map(tex_width, ls)), default=None)
+    if best is not None and max(map(tex_width, best)) <= 0.8 * tex_width(tex):
+        return best
+    # Nothing to cut (e.g. a wide fraction): the formula is set a size smaller.
+    return [r"\small " + tex]
+
+
+def _rows(left: str, relation: str, lines: Sequence[str]) -> list[tuple[str, str]]:
+    """Aligned rows for ``left relation lines[0]``, continuation lines indented under the right side."""
+    return [(left, f"{relation} {lines[0]}")] + [("", rf"\quad {ln}") for ln in lines[1:]]
+
+
+def _simplified(expr: sp.Expr) -> sp.Expr:
+    """A derived gradient in the form the chapter shows (logs expanded, powers combined, simplified)."""
+    return sp.simplify(sp.powsimp(sp.expand_log(expr, force=True), force=True))
 
 
 def _display(expr: sp.Expr) -> str:
-    e = sp.simplify(sp.powsimp(sp.expand_log(expr, force=True), force=True))
-    return latex(e)
+    return _tex(_simplified(expr))
+
+
+def md_escape(text: str) -> str:
+    """``text`` with the characters Markdown would read as markup escaped (the errata's and notes' plain-text
+    explanations write ``pi+_{i,c}``, ``|dl/dpi-|``, ``*``...)."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in text)
+
+
+def _aligned(rows: Sequence[tuple[str, str]], gap: str = "6pt") -> str:
+    """A display block ``$$\\begin{aligned} left &= right \\\\ ... \\end{aligned}$$`` (``rows`` of
+    ``(left, right)``, ``right`` starting with its relation)."""
+    body = (rf" \\[{gap}]" + "\n").join(f"{a} &{b}" for a, b in rows)
+    return "$$\n\\begin{aligned}\n" + body + "\n\\end{aligned}\n$$"
+
+
+def params_view(params: Mapping[str, Mapping[str, Any]]) -> "Table":
+    """The per-loss parameters of :func:`loss_params` as a :class:`prefdyn.tables.Table`: β (β⁺ / β⁻ for
+    flex-β DPO) and the loss's other parameters."""
+    from .plotting import loss_label
+    from .results import fmt
+    from .tables import Table, cell_text
+
+    def one(k, v):
+        return f"{_PARAM_NAMES.get(k, k)} = {cell_text(v) if isinstance(v, bool) else fmt(v)}"
+
+    rows = []
+    for n, p in params.items():
+        betas = [fmt(p[k]) for k in ("beta", "beta_chosen", "beta_rejected") if k in p]
+        other = [one(k, v) for k, v in p.items() if not k.startswith("beta")]
+        rows.append((loss_label(n), [" / ".join(betas) or None, ", ".join(other) or None]))
+    return Table(["β", "other parameters"], rows, corner="loss", note="flex-β DPO: β⁺ / β⁻.")
 
 
 def loss_markdown(name: str, row: Mapping[str, Any]) -> str:
-    """Markdown for one loss of the ``gradients`` chapter: definition, gradients, ratio, limits.
+    """Markdown for one loss of the ``gradients`` chapter: definition, gradients, ratio, leading terms as
+    pi- -> 0 and their limits, balance in log space. Wide formulas are broken into lines
+    (:func:`break_lines`) so that nothing is cut off at the book's column width.
 
     ``row`` is the loss's row of :func:`comparison_table` (limits for the run's parameter values).
     """
@@ -1071,87 +1365,173 @@ def loss_markdown(name: str, row: Mapping[str, Any]) -> str:
     from .plotting import loss_label
 
     g = gradients(name)
-    lines = [f"### {loss_label(name)} (`{name}`, {LOSS_SOURCES[name]})", "",
-             "Loss (sg[.] marks a detached quantity: a constant for the gradient):", "",
-             rf"$$\ell = {latex(g.loss_sg)}$$", ""]
+    d, budget = r"\partial \ell", WIDTH_PAGE - 6.5       # room for the left side, e.g. "dl/dpi+ ="
+    lines = [f"### {loss_label(name)}", "",
+             f"`{name}` in `prefdyn.losses`; source: {md_escape(LOSS_SOURCES[name])}.", ""]
+    definition = _rows(r"\ell", "=", break_lines(g.loss_sg, budget))
     for k, v in g.stop_gradient.items():
-        lines += [f"$${latex(k)} = {latex(v)}$$", ""]
-    lines += ["Derived gradients:", "",
-              rf"$$\frac{{\partial \ell}}{{\partial \pi^+}} = {_display(g.d_pi_plus_sg)}$$", "",
-              rf"$$\frac{{\partial \ell}}{{\partial \pi^-}} = {_display(g.d_pi_minus_sg)}$$", "",
-              rf"$$\frac{{\partial \ell / \partial \pi^-}}{{\partial \ell / \partial \pi^+}} = {row['ratio']}$$", "",
-              r"As $\pi^- \to 0$ with this run's parameters (leading terms):", "",
-              rf"$$\frac{{\partial \ell}}{{\partial \pi^+}} \sim {row['lead_d_pi_plus']} \quad "
-              rf"|\partial \ell / \partial \pi^+| {_TENDS[row['d_pi_plus_limit']]}$$", "",
-              rf"$$\frac{{\partial \ell}}{{\partial \pi^-}} \sim {row['lead_d_pi_minus']} \quad "
-              rf"|\partial \ell / \partial \pi^-| {_TENDS[row['d_pi_minus_limit']]}$$", "",
-              rf"Ratio $|\partial \ell/\partial \pi^-| / |\partial \ell/\partial \pi^+|$ "
-              f"${_TENDS[row['ratio_limit']]}$; balanced in log space "
+        definition += _rows(_tex(k), "=", break_lines(v, budget))
+    lines += [_aligned(definition), ""]
+    notes = []
+    if g.stop_gradient:
+        notes.append(r"$\operatorname{sg}[\cdot]$ marks a detached quantity: a constant for the gradient.")
+    if g.d_pi_plus_sg.has(sp.Heaviside) or g.d_pi_minus_sg.has(sp.Heaviside):
+        notes.append(r"$\theta(u, 0)$ is the Heaviside step: 1 for $u > 0$, 0 for $u \le 0$.")
+    if notes:
+        lines += [" ".join(notes), ""]
+    grads = (_rows(rf"\frac{{{d}}}{{\partial \pi^+}}", "=", break_lines(_simplified(g.d_pi_plus_sg), budget))
+             + _rows(rf"\frac{{{d}}}{{\partial \pi^-}}", "=", break_lines(_simplified(g.d_pi_minus_sg), budget))
+             + _rows(rf"\frac{{{d} / \partial \pi^-}}{{{d} / \partial \pi^+}}", "=", break_lines(g.ratio, budget)))
+    lines += ["Its gradients:", "", _aligned(grads, "10pt"), ""]
+    lead_c, lead_r = row.get("lead_exprs", (None, None))
+    lead = []
+    for which, expr, tex in (("+", lead_c, row["lead_d_pi_plus"]), ("-", lead_r, row["lead_d_pi_minus"])):
+        body = break_lines(expr, budget) if expr is not None else [tex if tex != "undecided" else r"\text{?}"]
+        lead += _rows(rf"\frac{{{d}}}{{\partial \pi^{which}}}", r"\sim", body)
+    lines += [r"As $\pi^- \to 0$, with this run's parameter values (leading terms):", "", _aligned(lead, "10pt"), "",
+              rf"So $|{d}/\partial \pi^+| {_TENDS[row['d_pi_plus_limit']]}$, "
+              rf"$|{d}/\partial \pi^-| {_TENDS[row['d_pi_minus_limit']]}$ and their ratio "
+              rf"${_TENDS[row['ratio_limit']]}$. Balanced in log space "
               rf"($\partial \ell/\partial \log\pi^+ + \partial \ell/\partial \log\pi^- \equiv 0$): "
               f"**{'yes' if row['balanced_log'] else 'no'}**."]
     return "\n".join(lines)
 
 
-def table_text(rows: Mapping[str, Mapping[str, Any]], fmt: Callable[[Any], str]) -> str:
-    """The comparison table as fixed-width text (numbers through ``fmt``, e.g. the chapter's ``ch.fmt``)."""
-    head = ("loss", "|dl/dpi-|/|dl/dpi+| at end", "ratio as pi-->0", "dl/dpi+ as pi-->0", "vanishes?",
-            "dl/dpi- as pi-->0", "balanced (log)?")
-    body = [(n, fmt(r["ratio_at_end"]), r["ratio_limit"], r["d_pi_plus_limit"], "yes" if r["d_pi_plus_vanishes"] else "no",
-             r["d_pi_minus_limit"], "yes" if r["balanced_log"] else "no") for n, r in rows.items()]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths)).rstrip()]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in body]
-    return "\n".join(out)
+def comparison_view(rows: Mapping[str, Mapping[str, Any]]) -> "Table":
+    """The comparison of :func:`comparison_table` as a :class:`prefdyn.tables.Table`: one row per loss, the
+    gradient ratio at the end of the path, the limits as pi- -> 0 and the log-space balance (5 columns)."""
+    from .plotting import loss_label
+    from .tables import Table
+
+    columns = ["ratio at end", "ratio →", "|∂ℓ/∂π⁺| →", "|∂ℓ/∂π⁻| →", "balanced (log)"]
+    body = [(loss_label(n), [r["ratio_at_end"], _TENDS_TEXT[r["ratio_limit"]], _TENDS_TEXT[r["d_pi_plus_limit"]],
+                             _TENDS_TEXT[r["d_pi_minus_limit"]], bool(r["balanced_log"])]) for n, r in rows.items()]
+    return Table(columns, body, corner="loss",
+                 note="ratio = |∂ℓ/∂π⁻| / |∂ℓ/∂π⁺|; 'at end': at the end of the path; "
+                      "→: the limit as π⁻ → 0 (0, finite or ∞).")
 
 
-def erratum_markdown(e: Erratum) -> str:
-    """Markdown for one erratum: where, kind, quantity, printed and corrected forms, explanation."""
-    defs = e._definitions() if not callable(e.definitions) else {}
-    lines = [f"**{e.paper} {e.where}** ({e.kind}): ${e.quantity}$", "",
-             rf"$$\text{{printed:}}\quad {latex(e.printed)}$$", "",
-             rf"$$\text{{corrected:}}\quad {latex(e.corrected)}$$", ""]
-    if C_SYM in defs:
-        a = sp.Symbol("alpha")
-        lines += [rf"$$\text{{with}}\quad {latex(C_SYM)} = {latex(a * BETA_P * PI_P ** (-BETA_P) * PI_M ** BETA_M)},"
-                  rf"\quad \alpha = {latex(ALPHA_FLEX)},$$", "",
-                  r"$\pi^\pm_{i,c}$ the softmax probability of token $c$ at position $i$, $x^\pm_{i,c}$ its logit.", ""]
-    lines += [e.explanation]
+def table_text(rows: Mapping[str, Mapping[str, Any]], fmt: Callable[[Any], str] | None = None) -> str:
+    """The comparison table as aligned text (kept for scripts; the chapter shows :func:`comparison_view`)."""
+    return comparison_view(rows).text()
+
+
+def printed_agreement(agree: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """The largest relative differences of the printed forms that agree (``{key: max_relative_error}``, keys
+    of :data:`PRINTED`), grouped by paper: ``{paper: {location: err}}`` with the paper number taken off the
+    key."""
+    out: dict[str, dict[str, float]] = {p: {} for p in _PAPERS}
+    for key, err in agree.items():
+        paper, _, rest = key.partition(" ")
+        out.setdefault(paper, {})[rest] = err
+    return {p: v for p, v in out.items() if v}
+
+
+def papers_view(agree: Mapping[str, float], errata: Sequence[Erratum] | None = None) -> "Table":
+    """Per paper: how many printed gradient forms agree with the derivation, their largest relative
+    difference, and how many errata (one row per paper)."""
+    from .tables import Table
+
+    errata = ERRATA if errata is None else errata
+    by = printed_agreement(agree)
+    rows = [(f"{p} ({_AUTHORS[p]})", [len(by.get(p, {})), max(by[p].values()) if by.get(p) else None,
+                                     sum(e.paper == p for e in errata)]) for p in _PAPERS]
+    return Table(["forms that agree", "largest rel. difference", "errata"], rows, corner="paper")
+
+
+def printed_markdown(agree: Mapping[str, float]) -> str:
+    """A MyST table of every printed form that agrees: where it is printed, what it is, and the largest
+    relative difference between print and derivation (``agree`` as in :func:`printed_agreement`)."""
+    from .results import fmt
+
+    lines = ["| printed in | what | largest rel. difference |", "| :-- | :-- | --: |"]
+    for key, err in agree.items():
+        e = PRINTED_BY_KEY[key]
+        what = e.what + (" (leading order)" if e.limit is not None and "leading" not in e.what else "")
+        lines.append(f"| {md_escape(e.source)} | {md_escape(what)} | {fmt(err)} |")
     return "\n".join(lines)
 
 
-def errata_text(checks: Mapping[str, Mapping[str, Any]], fmt: Callable[[Any], str]) -> str:
-    """The errata's numeric checks as fixed-width text: printed, corrected, derivation, relative errors."""
-    head = ("erratum", "printed", "corrected", "derivation", "rel. err. printed", "rel. err. corrected")
-    body = [(i, fmt(c["printed"]), fmt(c["corrected"]), fmt(c["derivation"]), fmt(c["printed_rel_err"]),
-             fmt(c["corrected_rel_err"])) for i, c in checks.items()]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths)).rstrip()]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in body]
-    return "\n".join(out)
+def erratum_markdown(e: Erratum, number: int | None = None) -> str:
+    """Markdown for one erratum, as one boxed block: where and what, the printed and the corrected form
+    one above the other, and why (``number``: its number in the chapter, shown in the title). Forms that
+    fit beside their labels are aligned in one display; wider ones get a display each, broken into lines
+    (:func:`break_lines`)."""
+    defs = e._definitions() if not callable(e.definitions) else {}
+    title = f"Erratum {number}: " if number is not None else "Erratum: "
+    lines = [f":::{{admonition}} {title}{md_escape(e.paper)} {md_escape(e.where)}", ":class: note", "",
+             f"**{md_escape(e.kind[:1].upper() + e.kind[1:])}** in ${e.quantity}$.", ""]
+    label = tex_width(r"\text{corrected:}\quad")
+    if max(tex_width(latex(e.printed)), tex_width(latex(e.corrected))) + label <= WIDTH_BOX:
+        rows = [(r"\text{printed:}", rf"\quad {latex(e.printed)}"),
+                (r"\text{corrected:}", rf"\quad {latex(e.corrected)}")]
+        lines += [_aligned(rows, "8pt"), ""]
+    else:
+        for name, expr in (("Printed", e.printed), ("Corrected", e.corrected)):
+            body = break_lines(expr, WIDTH_BOX - 3)
+            rows = [("", body[0])] + [("", rf"\quad {ln}") for ln in body[1:]]
+            lines += [f"{name}:", "", _aligned(rows, "6pt"), ""]
+    if C_SYM in defs:
+        a = sp.Symbol("alpha")
+        lines += [rf"Here ${latex(C_SYM)} = {latex(a * BETA_P * PI_P ** (-BETA_P) * PI_M ** BETA_M)}$ with "
+                  rf"$\alpha = {latex(ALPHA_FLEX)}$; $\pi^\pm_{{i,c}}$ is the softmax probability of token $c$ "
+                  r"at position $i$ and $x^\pm_{i,c}$ its logit.", ""]
+    lines += [md_escape(e.explanation), ":::"]
+    return "\n".join(lines)
 
 
-def plot_gradient_paths(paths: Mapping[str, Mapping[str, Any]], ncols: int = 3):
+def errata_view(checks: Mapping[str, Mapping[str, Any]]) -> "Table":
+    """The errata's numeric checks (``{id: Erratum.check()}``) as a :class:`prefdyn.tables.Table`: the
+    printed form and the derivation at the erratum's point, and the relative errors of the printed and of
+    the corrected form against the derivation (4 columns). Rows are numbered like
+    :func:`erratum_markdown`'s boxes, in the order of ``checks``."""
+    from .tables import Table
+
+    rows = []
+    for k, (i, c) in enumerate(checks.items(), 1):
+        rows.append((f"{k} ({ERRATA_BY_ID[i].paper})",
+                     [c["printed"], c["derivation"], c["printed_rel_err"], c["corrected_rel_err"]]))
+    return Table(["printed", "derivation", "rel. err. printed", "rel. err. corrected"], rows,
+                 corner="erratum", note="rel. err.: |form − derivation| / |derivation| at the erratum's point "
+                                        "(the points and the corrected forms' values are saved with the results).")
+
+
+def errata_text(checks: Mapping[str, Mapping[str, Any]], fmt: Callable[[Any], str] | None = None) -> str:
+    """The errata's numeric checks as aligned text (kept for scripts; the chapter shows :func:`errata_view`)."""
+    return errata_view(checks).text()
+
+
+def plot_gradient_paths(paths: Mapping[str, Mapping[str, Any]], ncols: int = 3, panel=(2.4, 2.0)):
     """Small multiples, one panel per loss: |dl/dpi+| and |dl/dpi-| against pi- (log-log) along the
     paths of :func:`gradient_path`. Exact zeros (e.g. SLiC's inactive hinge) are left out of the log plot.
-    Returns ``(fig, axes)``."""
+
+    Sized for the book's content column (about 7 inches at ``ncols=3``), with fonts that stay above 8 pt
+    there, few ticks per log axis, and one legend above the panels. Returns ``(fig, axes)``."""
     import numpy as np
+    from matplotlib.ticker import LogLocator, NullFormatter
 
     from .plotting import ROLE_COLORS, loss_label, small_multiples
 
-    fig, axes = small_multiples(len(paths), ncols=ncols, sharex=True, sharey=False)
+    fig, axes = small_multiples(len(paths), ncols=ncols, sharex=True, sharey=False, panel=panel)
+    lines = []
     for ax, (name, path) in zip(axes, paths.items()):
         x = np.asarray(path["pi_minus"])
-        for key, role, lab in (("d_pi_plus", "chosen", r"$|\partial\ell/\partial\pi^+|$"),
-                               ("d_pi_minus", "rejected", r"$|\partial\ell/\partial\pi^-|$")):
+        for key, role, lab in (("d_pi_plus", "chosen", r"$|\partial\ell/\partial\pi^+|$ (chosen)"),
+                               ("d_pi_minus", "rejected", r"$|\partial\ell/\partial\pi^-|$ (rejected)")):
             y = np.abs(np.asarray(path[key], dtype=float))
             y = np.where(y > 0, y, np.nan)
-            ax.loglog(x, y, color=ROLE_COLORS[role], label=lab)
-        ax.set_title(loss_label(name))
-        ax.set_xlabel(r"$\pi^-$ (falling $\rightarrow$)")
+            lines += ax.loglog(x, y, color=ROLE_COLORS[role], label=lab)
+        ax.set_title(loss_label(name), fontsize=11)
+        ax.tick_params(labelsize=9.5)
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=4))
+        ax.yaxis.set_major_locator(LogLocator(base=10, numticks=4))
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_locator(LogLocator(base=10, subs="auto", numticks=12))
+            axis.set_minor_formatter(NullFormatter())
     axes[0].invert_xaxis()  # shared x: once inverts all panels
-    axes[0].legend(loc="best")
+    fig.legend(lines[:2], [ln.get_label() for ln in lines[:2]], loc="outside upper center", ncols=2, fontsize=10)
+    fig.supxlabel(r"$\pi^-$, falling from left to right", fontsize=10)
+    fig.supylabel("gradient magnitude", fontsize=10)
     return fig, axes
 
 
@@ -1202,8 +1582,11 @@ NOTES: list[Note] = [
 
 
 def note_markdown(note: Note, fmt: Callable[[Any], str]) -> str:
-    """Markdown for one :class:`Note`, with its computed numbers formatted by ``fmt``."""
-    lines = [f"**{note.source}** claims: *{note.claim}*. {note.finding}"]
+    """Markdown for one :class:`Note` as one boxed block: the printed claim, what it needs, and the
+    computed numbers that show it (formatted by ``fmt``)."""
+    lines = [f":::{{admonition}} {md_escape(note.source)}", ":class: note", "",
+             f"Printed: *{md_escape(note.claim)}*.", "", md_escape(note.finding)]
     if note.check is not None:
-        lines += [""] + [f"- {k}: {fmt(v)}" for k, v in note.check().items()]
+        lines += [""] + [f"- {md_escape(k)}: **{fmt(v)}**" for k, v in note.check().items()]
+    lines.append(":::")
     return "\n".join(lines)
