@@ -247,3 +247,108 @@ def test_corollaries_2_and_3_on_the_mlp_toy():
     assert s["peak_chosen_step"]["mean"] > s["grad_ratio_100_step"]["mean"]
     assert s["chosen_drop"]["lo"] > 0                                 # Cor. 2: degradation after the peak
     assert s["unpaired_gain"]["lo"] > 0.1                             # Cor. 3: dispersion
+
+
+# ---------------------------------------------------------------------------------- toy-3d / toy-scenarios verdicts
+def _entry(mean, lo=None, hi=None, frac=1.0):
+    return {"mean": mean, "lo": mean if lo is None else lo, "hi": mean if hi is None else hi, "frac": frac}
+
+
+def _phase_summary(**over):
+    s = {"initial_chosen_prob": _entry(0.12), "peak_chosen_prob": _entry(0.30, 0.29, 0.31),
+         "final_chosen_prob": _entry(0.26, 0.25, 0.27), "peak_chosen_step": _entry(110, 100, 120),
+         "grad_ratio_10_step": _entry(48, 47, 50), "grad_ratio_100_step": _entry(68, 66, 70),
+         "unseen_gain": _entry(-0.04, -0.041, -0.039), "unpaired_gain": _entry(0.33, 0.32, 0.34),
+         "initial_unpaired_mass": _entry(0.4), "final_other_mass": _entry(0.73, 0.72, 0.74)}
+    s.update(over)
+    return s
+
+
+def test_phase_checks_decide_by_non_overlapping_intervals():
+    checks = toy.phase_checks(_phase_summary())
+    assert list(checks) == list(toy.PHASE_CHECKS)
+    assert all(checks[k] for k in checks if k != "unseen_gain") and checks["unseen_gain"] is False
+    # overlapping intervals are not an ordering; a threshold crossed by only some seeds is not "every seed"
+    c = toy.phase_checks(_phase_summary(final_chosen_prob=_entry(0.28, 0.25, 0.295),
+                                        peak_chosen_step=_entry(80, 60, 100),
+                                        grad_ratio_100_step=_entry(68, 66, 70, frac=0.5)))
+    assert not c["falls_after_peak"] and not c["peak_after_ratio_100"] and c["peak_after_ratio_10"] is True
+    assert c["ratio_passes_100"] is False
+    nan = float("nan")                                               # never crossed: no verdict of "after"
+    assert toy.phase_checks(_phase_summary(grad_ratio_10_step=_entry(nan, nan, nan, 0.0)))["peak_after_ratio_10"] is False
+
+
+def test_scenario_claims():
+    def sc(peak, tenfold, unseen, unpaired):
+        return {"peak_chosen_prob": _entry(peak), "rejected_tenfold_step": _entry(tenfold),
+                "final_unseen_mass": _entry(unseen), "final_unpaired_mass": _entry(unpaired)}
+
+    summary = {"s1": sc(0.30, 58, 1e-28, 0.74), "s2": sc(0.45, 152, 1e-11, 0.61),
+               "s3": sc(0.25, 28, 1e-12, 0.77), "s4": sc(0.28, float("nan"), 1e-4, 0.73)}
+    r = toy.scenario_claims(summary, ["s1", "s2", "s3", "s4"])
+    assert r["extremes"] == {"highest_peak": "s2", "slowest_decline": "s2", "least_unseen": "s1",
+                             "least_unpaired": "s2"}
+    assert r["claims"] == {"s1_peak_about_0_6": False, "s1_highest_peak": False, "s1_least_unseen": True,
+                           "s1_least_unpaired": False, "highest_peak_is_slowest_decline": True}
+    assert list(r["claims"]) == list(toy.SCENARIO_CLAIMS) and list(r["extremes"]) == list(toy.EXTREMES)
+    summary["s1"]["peak_chosen_prob"] = _entry(0.6)
+    r = toy.scenario_claims(summary, ["s1", "s2", "s3", "s4"])
+    assert r["claims"]["s1_peak_about_0_6"] and r["claims"]["s1_highest_peak"]
+    assert not r["claims"]["highest_peak_is_slowest_decline"]
+
+
+def test_rank_correlation_and_prop1_test():
+    r = toy.rank_correlation([1, 2, 3, 4, 5], [2.0, 4.0, 6.0, 8.0, 10.0])
+    assert r["spearman_rho"] == pytest.approx(1.0) and r["p_value"] < 0.05 and r["n_points"] == 5
+    r = toy.rank_correlation([1, 2, np.nan, 4], [1.0, 2.0, 3.0, np.nan])       # two finite pairs: no verdict
+    assert r["n_points"] == 2 and math.isnan(r["spearman_rho"]) and math.isnan(r["p_value"])
+    names = [f"c{i}" for i in range(6)]
+    summary = {n: {"rejected_tenfold_step": _entry(10.0 * (i + 1)), "peak_chosen_prob": _entry(0.2 + 0.05 * i),
+                   "final_chosen_prob": _entry(0.5 - 0.01 * i), "chosen_drop": _entry(0.01 * i)}
+               for i, n in enumerate(names)}
+    res = toy.prop1_test(summary, names)
+    assert list(res) == list(toy.PROP1_SIGNS)
+    assert res["peak_chosen_prob"]["agrees_with_prop1"] and res["peak_chosen_prob"]["predicted_sign"] == 1
+    assert not res["final_chosen_prob"]["agrees_with_prop1"]                  # opposite sign
+    assert not res["chosen_drop"]["agrees_with_prop1"] and res["chosen_drop"]["spearman_rho"] == pytest.approx(1.0)
+    for n, v in zip(names[:4], (0.2, 0.3, 0.25, 0.35)):                     # right sign, but p >= 0.05
+        summary[n]["peak_chosen_prob"] = _entry(v)
+    few = toy.prop1_test(summary, names[:4])
+    assert few["peak_chosen_prob"]["spearman_rho"] == pytest.approx(0.8) and few["peak_chosen_prob"]["p_value"] > 0.05
+    assert not few["peak_chosen_prob"]["agrees_with_prop1"]
+
+
+def test_plot_helpers_draw_the_toy():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = toy.train("dpo", {"beta": 0.1}, seeds=2, steps=3, sft_steps=5, hidden=8, progress=False, device="cpu",
+                    record_probs=True)
+    s = toy.summarise(run)["dpo"]
+    fig, axes = plt.subplots(1, 4)
+    toy.plot_sft_target(axes[0], run.targets[0], run.spec)
+    toy.plot_role_bars(axes[1], run, "dpo", when=(0, -1), labels=("SFT", "DPO"))
+    assert [t.get_text() for t in axes[1].get_xticklabels()] == ["a+", "o", "o", "o", "r", "r", "r", "r", "u", "u"]
+    assert len(axes[1].patches) == 2 * run.spec.n_responses
+    toy.plot_role_bars(axes[2], run, "dpo", when=(0,), ticks="groups")
+    assert [t.get_text() for t in axes[2].get_xticklabels()] == ["a+", "o", "r", "u"]
+    assert axes[2].get_xticks()[1] == pytest.approx(2.0)                       # centred on the three o bars
+    toy.plot_roles(axes[3], run, "dpo", ("rejected", "grad_rejected"), log=True)
+    toy.mark_steps(axes[3], s, keys=("peak_chosen_step",), label=True)
+    labels = axes[3].get_legend_handles_labels()[1]
+    assert labels == ["π(one rejected)", "|∂ℓ/∂π−|", "peak of π(chosen)"] and axes[3].get_yscale() == "log"
+    plt.close(fig)
+
+
+def test_step_legend_names_the_marks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    leg = toy.step_legend(fig)
+    assert [t.get_text() for t in leg.get_texts()] == [text for text, _ in toy.STEP_MARKS.values()]
+    plt.close(fig)

@@ -1074,6 +1074,34 @@ INDICATORS = {
 }
 
 
+#: Short display labels of the :data:`INDICATORS`, for the row and column labels of the chapters' tables
+#: (one wording in every chapter; the long descriptions above say exactly what each one is).
+LABELS = {
+    "initial_chosen_prob": "initial π(chosen)",
+    "peak_chosen_prob": "peak π(chosen)",
+    "peak_chosen_step": "update of the peak",
+    "final_chosen_prob": "final π(chosen)",
+    "chosen_drop": "drop of π(chosen) after its peak",
+    "initial_rejected_prob": "initial π(one rejected)",
+    "final_rejected_prob": "final π(one rejected)",
+    "initial_unseen_mass": "initial unseen mass",
+    "final_unseen_mass": "final unseen mass",
+    "unseen_gain": "unseen mass gained",
+    "final_other_mass": "final mass on other prompts' optimal",
+    "initial_unpaired_mass": "initial unpaired mass",
+    "final_unpaired_mass": "final unpaired mass",
+    "unpaired_gain": "unpaired mass gained",
+    "grad_ratio_initial": "initial gradient ratio",
+    "grad_ratio_final": "final gradient ratio",
+    "log10_grad_ratio_final": "final log10 gradient ratio",
+    "rejected_drop_orders": "orders of magnitude π(rejected) fell",
+    "grad_ratio_10_step": "update where the ratio passes 10",
+    "grad_ratio_100_step": "update where the ratio passes 100",
+    "rejected_log_decline_rate": "decline of log π(rejected) per update",
+    "rejected_tenfold_step": "update where π(rejected) is down tenfold",
+}
+
+
 def _first_step(mask: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """First ``steps`` value where ``mask [T, M]`` is true, per member; NaN where never."""
     hit = mask.any(axis=0)
@@ -1280,6 +1308,10 @@ def three_d(summary_cfg: Mapping[str, Mapping[str, float]], drop_orders: float =
     }
 
 
+#: The 3D-properties of :func:`three_d`, in the order the chapters show them, with their display labels.
+THREE_D_LABELS = {"drastic_drop": "Drastic drop", "degradation": "Degradation", "dispersion": "Dispersion"}
+
+
 def plot_band(ax, steps, values, *, label=None, color=None, log: bool = False, level: float = 0.95, **kwargs):
     """Plot the mean over seeds of ``values [T, seeds]`` with its ``level`` t-interval as a band;
     ``log=True``: geometric mean and band (``values`` must be > 0), log y-axis."""
@@ -1311,6 +1343,244 @@ def role_probs(run: ToyRun, config: int | str = 0, when: int = 0) -> np.ndarray:
     aligned = np.take_along_axis(pr, order[None], axis=2)
     return aligned.mean(axis=(0, 1))
 
+
+# ------------------------------------------------------------------------------------------------
+# The phases of 000 Sec. 3.2.2, 000's claims about the scenarios, and Proposition 1 (toy-3d,
+# toy-scenarios): verdicts from the summaries of :func:`summarise`
+# ------------------------------------------------------------------------------------------------
+
+#: The checks of :func:`phase_checks` with their display labels (the order the chapter shows them).
+PHASE_CHECKS = {
+    "rises": "π(chosen) first rises (peak above initial)",
+    "falls_after_peak": "then falls (final below peak)",
+    "ratio_passes_100": "the gradient ratio passes 100 in every seed",
+    "peak_after_ratio_10": "π(chosen) peaks after the ratio passes 10",
+    "peak_after_ratio_100": "π(chosen) peaks after the ratio passes 100",
+    "ends_above_initial": "final π(chosen) above its initial value",
+    "unseen_gain": "the unseen responses 9-10 gain mass",
+    "unpaired_gain": "responses never paired with the prompt gain mass",
+    "other_takes_unpaired": "other prompts' optimal end above the initial unpaired mass",
+}
+
+
+def _apart(lower: Mapping[str, float], upper: Mapping[str, float]) -> bool:
+    """Whether the 95% interval of ``lower`` lies entirely below that of ``upper`` (False if either is NaN)."""
+    return bool(lower["hi"] < upper["lo"])
+
+
+def phase_checks(s: Mapping[str, Mapping[str, float]]) -> dict[str, bool]:
+    """The phases of 000 Sec. 3.2.2 in one configuration's summary (:func:`summarise`), each decided by
+    non-overlapping 95% intervals over seeds (see :data:`PHASE_CHECKS` for the wording):
+
+    - ``rises``/``falls_after_peak``: initial < peak and final < peak of pi(chosen);
+    - ``ratio_passes_100``: every seed's gradient ratio |dl/dpi-|/|dl/dpi+| exceeded 100;
+    - ``peak_after_ratio_10``/``_100``: pi(chosen) peaks after the ratio's first crossing of 10 / 100;
+    - ``ends_above_initial``: pi(chosen) ends above its initial value (no net unlearning);
+    - ``unseen_gain``/``unpaired_gain``: the mass on the unseen responses / on all responses never paired
+      with the prompt grew (lower end of the interval above 0);
+    - ``other_takes_unpaired``: the other prompts' optimal responses end with more mass than all responses
+      never paired with the prompt held after SFT (where the Dispersion goes).
+    """
+    return {
+        "rises": _apart(s["initial_chosen_prob"], s["peak_chosen_prob"]),
+        "falls_after_peak": _apart(s["final_chosen_prob"], s["peak_chosen_prob"]),
+        "ratio_passes_100": bool(s["grad_ratio_100_step"]["frac"] == 1.0),
+        "peak_after_ratio_10": _apart(s["grad_ratio_10_step"], s["peak_chosen_step"]),
+        "peak_after_ratio_100": _apart(s["grad_ratio_100_step"], s["peak_chosen_step"]),
+        "ends_above_initial": _apart(s["initial_chosen_prob"], s["final_chosen_prob"]),
+        "unseen_gain": bool(s["unseen_gain"]["lo"] > 0),
+        "unpaired_gain": bool(s["unpaired_gain"]["lo"] > 0),
+        "other_takes_unpaired": _apart(s["initial_unpaired_mass"], s["final_other_mass"]),
+    }
+
+
+#: The extremes of :func:`scenario_claims` with their display labels.
+EXTREMES = {
+    "highest_peak": ("highest peak π(chosen)", "peak_chosen_prob", max),
+    "slowest_decline": ("slowest decline of π(rejected)", "rejected_tenfold_step", max),
+    "least_unseen": ("least final unseen mass (9-10)", "final_unseen_mass", min),
+    "least_unpaired": ("least final unpaired mass", "final_unpaired_mass", min),
+}
+
+#: The claims of :func:`scenario_claims` (000 Sec. 3.2.2 about Scenario 1) with their display labels.
+SCENARIO_CLAIMS = {
+    "s1_peak_about_0_6": "S1's peak π(chosen) is about 0.6 (0.5 to 0.7)",
+    "s1_highest_peak": "S1 has the highest peak π(chosen)",
+    "s1_least_unseen": "S1 has the least dispersion, narrow reading (unseen)",
+    "s1_least_unpaired": "S1 has the least dispersion, broad reading (unpaired)",
+    "highest_peak_is_slowest_decline": "the highest peak goes with the slowest decline",
+}
+
+
+def scenario_claims(summary: Mapping[str, Mapping[str, Mapping[str, float]]], scenarios: Sequence[str],
+                    about: tuple[float, float] = (0.5, 0.7)) -> dict[str, dict]:
+    """000 Sec. 3.2.2's statements about the scenarios (Fig. 3), decided on the seed means of
+    :func:`summarise`: ``"extremes"`` names the scenario with the highest peak pi(chosen), the slowest
+    decline of pi(rejected) (latest tenfold step), the least final unseen and unpaired mass
+    (:data:`EXTREMES`); ``"claims"`` are the booleans of :data:`SCENARIO_CLAIMS` (Scenario 1 is the first
+    of ``scenarios``; "approximately 0.6" is read as the interval ``about``)."""
+    def mean(sc, key):
+        v = summary[sc][key]["mean"]
+        return -math.inf if v is None or not np.isfinite(v) else float(v)
+
+    ext = {name: pick(scenarios, key=lambda sc, k=key: mean(sc, k)) for name, (_, key, pick) in EXTREMES.items()}
+    s1 = scenarios[0]
+    claims = {
+        "s1_peak_about_0_6": bool(about[0] <= mean(s1, "peak_chosen_prob") <= about[1]),
+        "s1_highest_peak": ext["highest_peak"] == s1,
+        "s1_least_unseen": ext["least_unseen"] == s1,
+        "s1_least_unpaired": ext["least_unpaired"] == s1,
+        "highest_peak_is_slowest_decline": ext["highest_peak"] == ext["slowest_decline"],
+    }
+    return {"extremes": ext, "claims": claims}
+
+
+def rank_correlation(x, y) -> dict[str, float]:
+    """Spearman's rank correlation of ``x`` and ``y`` over the points where both are finite:
+    ``{"spearman_rho", "p_value", "n_points"}`` (NaN rho and p for fewer than three points or a constant
+    side)."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return {"spearman_rho": float("nan"), "p_value": float("nan"), "n_points": n}
+    rho, p = stats.spearmanr(x[ok], y[ok])
+    return {"spearman_rho": float(rho), "p_value": float(p), "n_points": n}
+
+
+#: Proposition 1's predicted sign of the rank correlation between the time pi(rejected) takes to fall
+#: tenfold and each severity measure: a slower decline gives a higher peak and final pi(chosen) and a
+#: smaller drop from the peak.
+PROP1_SIGNS = {"peak_chosen_prob": +1, "final_chosen_prob": +1, "chosen_drop": -1}
+
+
+def prop1_test(summary: Mapping[str, Mapping[str, Mapping[str, float]]], names: Sequence[str],
+               signs: Mapping[str, int] = PROP1_SIGNS, rate: str = "rejected_tenfold_step",
+               alpha: float = 0.05) -> dict[str, dict]:
+    """000 Proposition 1 on a sweep: for each measure of ``signs``, :func:`rank_correlation` of the seed
+    means of ``rate`` (the slowness of the rejected decline) and the measure over the configurations
+    ``names``, with ``"predicted_sign"`` and ``"agrees_with_prop1"`` (the sign is the predicted one and
+    ``p_value < alpha``)."""
+    x = [summary[n][rate]["mean"] for n in names]
+    out = {}
+    for key, sign in signs.items():
+        r = rank_correlation(x, [summary[n][key]["mean"] for n in names])
+        agrees = bool(np.isfinite(r["spearman_rho"]) and np.sign(r["spearman_rho"]) == sign and r["p_value"] < alpha)
+        out[key] = {**r, "predicted_sign": int(sign), "agrees_with_prop1": agrees}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Plot helpers of the toy chapters (figure plumbing kept out of the pages)
+# ------------------------------------------------------------------------------------------------
+
+#: Short tick labels of the responses aligned by their role for a prompt (:func:`role_probs` order).
+ROLE_TICKS = {"chosen": "a+", "other": "o", "rejected": "r", "unseen": "u"}
+
+#: Legend labels of the roles in the toy figures.
+ROLE_LABELS = {"chosen": "π(chosen)", "rejected": "π(one rejected)", "other": "other prompts' optimal",
+               "unseen": "unseen (9-10)"}
+
+
+def role_order(spec: ToySpec) -> list[str]:
+    """The role of each response in :func:`role_probs` order: chosen, other..., rejected..., unseen..."""
+    return ["chosen"] + ["other"] * (spec.n_prompts - 1) + ["rejected"] * spec.n_rejected + ["unseen"] * spec.n_unseen
+
+
+def plot_sft_target(ax, target, spec: ToySpec, *, colorbar: bool = True):
+    """The SFT target ``[P, R]`` as an image: rows prompts, columns responses, boxes on each prompt's
+    optimal response, lines between the chosen, rejected and unseen blocks."""
+    import matplotlib.pyplot as plt
+
+    t = np.asarray(target, dtype=np.float64)
+    im = ax.imshow(t, cmap="Greens", vmin=0, vmax=max(0.2, float(t.max())), aspect="auto")
+    ax.set_xticks(range(spec.n_responses), [str(r + 1) for r in range(spec.n_responses)])
+    ax.set_yticks(range(spec.n_prompts), [f"prompt {p + 1}" for p in range(spec.n_prompts)])
+    for p in range(spec.n_prompts):
+        ax.add_patch(plt.Rectangle((p - 0.5, p - 0.5), 1, 1, fill=False, ec="k", lw=1.5))
+    for edge in (spec.rejected_block.start, spec.unseen_block.start):
+        ax.axvline(edge - 0.5, color="k", lw=0.8)
+    ax.set_xlabel("response (1-4 chosen block, 5-8 rejected, 9-10 unseen)")
+    ax.grid(False)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, shrink=0.9, label="target π(a|x)")
+    return im
+
+
+def plot_role_bars(ax, run: ToyRun, config: int | str = 0, when: Sequence[int] = (0, -1),
+                   labels: Sequence[str] | None = None, *, ticks: bool | str = True):
+    """Bars of :func:`role_probs` at the records ``when`` (side by side; earlier ones paler), coloured by
+    role; x ticks a+ (the prompt's optimal), o (other prompts' optimal), r (rejected), u (unseen): one per
+    bar, or ``ticks="groups"`` one per role (for narrow panels), or ``False`` for none."""
+    from .plotting import ROLE_COLORS
+
+    roles = role_order(run.spec)
+    colors = [ROLE_COLORS[r] for r in roles]
+    x = np.arange(len(roles))
+    k = len(when)
+    width = 0.8 / k
+    for i, w in enumerate(when):
+        alpha = 1.0 if i == k - 1 else 0.45
+        ax.bar(x + (i - (k - 1) / 2) * width, role_probs(run, config, w), width, color=colors, alpha=alpha,
+               label=None if labels is None else labels[i])
+    if ticks == "groups":
+        groups = list(dict.fromkeys(roles))
+        ax.set_xticks([float(np.mean([i for i, r in enumerate(roles) if r == g])) for g in groups],
+                      [ROLE_TICKS[g] for g in groups])
+    elif ticks:
+        ax.set_xticks(x, [ROLE_TICKS[r] for r in roles])
+    return ax
+
+
+#: Legend labels and colours (by role) of the recorded gradient magnitudes.
+GRAD_LABELS = {"grad_chosen": "|∂ℓ/∂π+|", "grad_rejected": "|∂ℓ/∂π−|"}
+_RECORD_ROLE = {"grad_chosen": "chosen", "grad_rejected": "rejected", "log_chosen": "chosen",
+                "log_rejected": "rejected", "rejected_mass": "rejected"}
+
+
+def plot_roles(ax, run: ToyRun, config: int | str = 0, roles: Sequence[str] = ("chosen", "other"), *,
+               log: bool = False, labels: Mapping[str, str] | None = None):
+    """Bands (mean over seeds, 95% interval) of the records ``roles`` (:data:`RECORDS`) of one
+    configuration over training, coloured by role (a gradient record takes its side's colour);
+    ``log=True`` for quantities that collapse (geometric mean, log axis)."""
+    from .plotting import ROLE_COLORS
+
+    labels = {**ROLE_LABELS, **GRAD_LABELS, **(labels or {})}
+    for name in roles:
+        plot_band(ax, run.steps, run.record(name, config), label=labels.get(name, name),
+                  color=ROLE_COLORS.get(_RECORD_ROLE.get(name, name)), log=log)
+    return ax
+
+
+#: Line styles of :func:`mark_steps`: the detected phase steps of 000 Sec. 3.2.2.
+STEP_MARKS = {
+    "grad_ratio_10_step": ("ratio passes 10", (0, (4, 2))),
+    "grad_ratio_100_step": ("ratio passes 100", (0, (6, 2, 1, 2))),
+    "peak_chosen_step": ("peak of π(chosen)", (0, (1, 1.5))),
+}
+
+
+def mark_steps(ax, summary_cfg: Mapping[str, Mapping[str, float]], keys: Sequence[str] = tuple(STEP_MARKS),
+               label: bool = False):
+    """Vertical lines at the seed means of the step indicators ``keys`` (styles of :data:`STEP_MARKS`);
+    ``label=True`` gives them legend entries."""
+    for key in keys:
+        text, ls = STEP_MARKS[key]
+        v = summary_cfg[key]["mean"]
+        if v is not None and np.isfinite(v):
+            ax.axvline(v, color="0.25", lw=0.9, ls=ls, label=text if label else None)
+    return ax
+
+
+def step_legend(fig, keys: Sequence[str] = tuple(STEP_MARKS), **kwargs):
+    """A figure-level legend of the :func:`mark_steps` lines, below the panels (outside the data)."""
+    import matplotlib.lines as mlines
+
+    handles = [mlines.Line2D([], [], color="0.25", lw=0.9, ls=STEP_MARKS[k][1], label=STEP_MARKS[k][0])
+               for k in keys]
+    return fig.legend(handles=handles, **{"loc": "outside lower center", "ncols": len(handles), **kwargs})
 
 # ================================================================================================
 # Benchmark: batched trainer vs a plain loop of single runs
