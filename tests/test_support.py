@@ -46,3 +46,17 @@ def test_small_multiples_hides_unused_panels():
     assert sum(ax.get_visible() for ax in fig.axes) == 5
     with pytest.raises(ValueError):
         plotting.small_multiples(0)
+
+
+def test_site_extension_drops_duplicate_and_thebe_scripts():
+    from sphinx.builders.html._assets import _JavaScript
+
+    from prefdyn.sitebuild import clean_scripts
+
+    toggle = "var togglebuttonSelector = '.toggle';"
+    scripts = [_JavaScript("_static/doctools.js"), _JavaScript(None, body=toggle),
+               _JavaScript("", body=toggle),                                   # the duplicate Sphinx writes
+               _JavaScript(None, body='const THEBE_JS_URL = "https://unpkg.com/thebe"'),
+               _JavaScript("_static/sphinx-thebe.js", **{"async": "async"}), _JavaScript("_static/doctools.js")]
+    kept = clean_scripts(scripts)
+    assert [(js.filename, js.attributes.get("body")) for js in kept] == [("_static/doctools.js", None), (None, toggle)]
