@@ -100,7 +100,7 @@ def test_results_round_print_and_save_the_same_numbers(tmp_path, monkeypatch, ca
     path = results.save_results("demo", {
         "a": 0.123456789, "n": 32, "t": torch.tensor(2.0 / 3.0), "arr": np.array([1.0 / 3.0, 2.0]),
         "nested": {"x": 1e-9 / 3, "ok": True}, "bad": float("nan"), "big": float("-inf"),
-    }, {"beta": 0.1})
+    }, {"beta": 0.1}, echo=True)
     assert path == tmp_path / "demo.json"
     data = json.loads(path.read_text())
     assert data["results"] == {"a": 0.1235, "n": 32, "t": 0.6667, "arr": [0.3333, 2.0],
@@ -110,6 +110,8 @@ def test_results_round_print_and_save_the_same_numbers(tmp_path, monkeypatch, ca
     assert printed == ["a = 0.1235", "n = 32", "t = 0.6667", "arr = [0.3333, 2]",
                        "nested.x = 3.333e-10", "nested.ok = True", "bad = nan", "big = -inf"]
     assert results.lines(data["results"]) == printed     # the saved JSON prints back to the same text
+    results.save_results("demo", {"a": 1.0, "nested": {"x": [1, 2], "y": {}}})   # the chapters' default
+    assert capsys.readouterr().out == "4 key numbers saved to demo.json\n"
     with pytest.raises(TypeError):
         results.rounded({"x": object()})
     with pytest.raises(ValueError):

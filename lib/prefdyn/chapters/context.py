@@ -38,10 +38,12 @@ class ChapterContext:
         return _results.fmt(x, digits)
 
     def save_results(self, results: Mapping[str, Any]) -> None:
-        """Print ``results`` (rounded) and write them, with the parameters, to the chapter's JSON.
+        """Write ``results`` (rounded to 4 significant digits), with the parameters, to the chapter's JSON
+        and print one line saying how many numbers were saved.
 
-        Returns nothing, so the cell's output is exactly the printed numbers (the JSON's path differs
-        between runs and would upset nbval).
+        The chapter shows its numbers in tables; the JSON keeps every one of them, and the test suite
+        compares it with the golden ``book/data/<id>.json`` under the chapter's declared tolerances
+        (:mod:`prefdyn.regression`). Returns nothing (the JSON's path differs between runs).
         """
         _results.save_results(self.chapter.id, results, self.params)
 
