@@ -538,3 +538,31 @@ def test_a_passing_tests_folder_is_removed_at_its_teardown():
     if not _LEFT_BEHIND:
         pytest.skip("runs after test_a_passing_tests_folder_is_made")
     assert not _LEFT_BEHIND[0].exists()
+
+
+# ----------------------------------------------------------------------------------------- check
+def test_check_accepts_the_book_and_names_a_changed_number(tmp_path):
+    golden = ROOT / "book" / "data" / "dpo-margin.json"
+    ok = subprocess.run(PREFDYN + ["check", "dpo-margin", str(golden)], capture_output=True, text=True, env=_env())
+    assert ok.returncode == 0 and "reproduce the book within its tolerances" in ok.stdout
+    data = json.loads(golden.read_text())
+    key, value = next((k, v) for k, v in data["results"].items() if isinstance(v, float) and v != 0)
+    data["results"][key] = -value
+    bad = tmp_path / "run.json"
+    bad.write_text(json.dumps(data))
+    res = subprocess.run(PREFDYN + ["check", "dpo-margin", str(bad), "--deviations", "3"],
+                         capture_output=True, text=True, env=_env())
+    assert res.returncode == 1
+    assert f"dpo-margin: {key} = " in res.stdout and "beyond its tolerances" in res.stdout
+    assert f"{key}: rel 2, abs " in res.stdout                 # the deviation report: |x - (-x)| / |x| = 2
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["check", "nosuch"], "unknown chapter"),
+    (["check", "dpo-margin", "/nonexistent.json"], "is not a file"),
+    (["check", "dpo-margin", "--device", "cpu"], "no 'device' parameter"),
+    (["check", "toy-3d", "--device", "tpu"], "parameter 'device'"),
+])
+def test_check_bad_input_is_one_line_exit_2(args, needle):
+    res = subprocess.run(PREFDYN + args, capture_output=True, text=True, env=_env())
+    assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1

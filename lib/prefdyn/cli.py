@@ -3,10 +3,11 @@
     prefdyn list [CHAPTER]                         chapters, parameters (type, default, range, meaning), constraints
     prefdyn run CHAPTER [-p NAME VALUE ...] [--out DIR | --into-book]
     prefdyn book [--only CHAPTER ...] [--no-execute] [--no-build]
+    prefdyn check CHAPTER [RUN_JSON] [--device D]  a run's key numbers vs the book's, under the chapter's tolerances
     prefdyn bench toy [...]                        batched vs looped toy trainer (see prefdyn.toy)
     prefdyn --version
 
-Exit codes: 0 success; 1 a chapter or the site build failed, or its files could not be moved into place;
+Exit codes: 0 success; 1 a chapter or the site build failed, ``check`` found numbers beyond tolerance, or its files could not be moved into place;
 2 bad input (unknown chapter or parameter, value out of range, a bad option, an unusable ``--out``),
 reported in one line before anything runs or is written; 130 interrupted (SIGINT), 143 terminated
 (SIGTERM), both after the run's temporary folder and kernel are cleaned up.
@@ -120,6 +121,52 @@ def _cmd_book(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    """Compare a run's JSON (or a fresh execution with the book's parameters) with book/data/<id>.json."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from . import regression
+    from .chapters.catalog import get_chapter
+    from .chapters.runner import ChapterFailed, InstallFailed, run_chapter
+
+    chapter = get_chapter(args.chapter)
+    if args.device and "device" not in chapter.param_names:
+        raise ParameterError(f"{chapter.id}: this chapter has no 'device' parameter")
+    overrides = chapter.validate({"device": args.device}) if args.device else {}
+    if args.run_json is not None and not Path(args.run_json).is_file():
+        raise ParameterError(f"run JSON '{args.run_json}' is not a file")
+    if args.deviations < 0:
+        raise ParameterError(f"--deviations must be >= 0 (got {args.deviations})")
+    with tempfile.TemporaryDirectory(prefix=f"prefdyn-check-{chapter.id}-") as tmp:
+        path = args.run_json
+        if path is None:
+            try:
+                path = run_chapter(chapter.id, overrides, out=Path(tmp) / "run", progress=not args.quiet).results
+            except (ChapterFailed, InstallFailed) as exc:
+                print(f"prefdyn: {exc}", file=sys.stderr)
+                return 1
+        produced = json.loads(Path(path).read_text(encoding="utf-8"))
+    golden = json.loads(regression.golden_path(chapter.id).read_text(encoding="utf-8"))
+    mismatches = regression.check_data(chapter, produced, golden)
+    if args.deviations:
+        dev = regression.deviations(produced.get("results", {}), golden.get("results", {}))
+        for key, d in sorted(dev.items(), key=lambda kd: -kd[1]["rel"])[:args.deviations]:
+            print(f"  {key}: rel {d['rel']:.3g}, abs {d['abs']:.3g} (book {d['golden']:.4g}, run "
+                  f"{d['produced']:.4g}; tolerance: {chapter.tolerances.for_key(key).describe()})")
+    where = (f" (a GPU run: tolerances x{regression.GPU_LOOSENING:g})"
+             if regression.on_gpu(produced.get("parameters", {})) else "")
+    if mismatches:
+        print(regression.report(mismatches))
+        n = len(mismatches)
+        print(f"{chapter.id}: {n} key number{'s differ' if n != 1 else ' differs'} from the book beyond its "
+              f"tolerances{where}")
+        return 1
+    print(f"{chapter.id}: the key numbers reproduce the book within its tolerances{where}")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     if args.what != "toy":
         raise ParameterError(f"unknown benchmark '{args.what}' (available: toy)")
@@ -153,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-build", action="store_true", help="only execute the chapters")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_book)
+
+    p = sub.add_parser("check", help="compare a run's key numbers with the book's, under the chapter's tolerances")
+    p.add_argument("chapter", help="chapter id (see `prefdyn list`)")
+    p.add_argument("run_json", nargs="?", default=None,
+                   help="the run's JSON (default: execute the chapter now with the book's parameters)")
+    p.add_argument("--device", default=None, help="execute on this device (cpu, cuda, auto); a GPU run is "
+                   "compared with tolerances loosened by prefdyn.regression.GPU_LOOSENING")
+    p.add_argument("--deviations", type=int, default=0, metavar="N",
+                   help="also print the N largest relative deviations from the book (to calibrate tolerances)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("bench", help="benchmarks (toy: batched vs looped toy trainer)")
     p.add_argument("what", help="which benchmark: toy")

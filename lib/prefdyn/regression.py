@@ -273,21 +273,21 @@ def parameter_differences(produced: Mapping[str, Any], golden: Mapping[str, Any]
     return out
 
 
-def check(chapter_id: str, produced_json: str | os.PathLike, golden_json: str | os.PathLike | None = None,
-          *, check_parameters: bool = True) -> list[Mismatch]:
-    """Compare a run's JSON file with the golden one (default ``book/data/<id>.json``) under the chapter's
-    declared tolerances, loosened by :data:`GPU_LOOSENING` if the run executed on a GPU.
-
-    Returns the mismatches (empty: the run reproduces the book). With ``check_parameters``, a run made with
-    other parameters than the golden one is a single mismatch on ``parameters``.
-    """
-    from .chapters.catalog import get_chapter
+def golden_path(chapter_id: str) -> Path:
+    """The committed golden results of a chapter: ``book/data/<id>.json``."""
     from .chapters.runner import repo_root
 
-    chapter = get_chapter(chapter_id)
-    produced = json.loads(Path(produced_json).read_text(encoding="utf-8"))
-    golden_path = Path(golden_json) if golden_json else repo_root() / "book" / "data" / f"{chapter.id}.json"
-    golden = json.loads(golden_path.read_text(encoding="utf-8"))
+    return repo_root() / "book" / "data" / f"{chapter_id}.json"
+
+
+def check_data(chapter, produced: Mapping[str, Any], golden: Mapping[str, Any], *,
+               check_parameters: bool = True) -> list[Mismatch]:
+    """:func:`compare` two chapter JSON documents (``{"chapter", "parameters", "results"}``) under
+    ``chapter.tolerances``, loosened by :data:`GPU_LOOSENING` if the run executed on a GPU.
+
+    With ``check_parameters``, a run made with other parameters than the golden one (``device`` aside)
+    is a single mismatch on ``parameters``: only a run at the golden parameters can reproduce it.
+    """
     if check_parameters:
         diff = parameter_differences(produced.get("parameters", {}), golden.get("parameters", {}))
         if diff:
@@ -298,6 +298,18 @@ def check(chapter_id: str, produced_json: str | os.PathLike, golden_json: str | 
     if on_gpu(produced.get("parameters", {})):
         tolerances = tolerances.loosened(GPU_LOOSENING)
     return compare(chapter.id, produced.get("results", {}), golden.get("results", {}), tolerances)
+
+
+def check(chapter_id: str, produced_json: str | os.PathLike, golden_json: str | os.PathLike | None = None,
+          *, check_parameters: bool = True) -> list[Mismatch]:
+    """:func:`check_data` on a run's JSON file and the golden one (default :func:`golden_path`).
+    Returns the mismatches (empty: the run reproduces the book)."""
+    from .chapters.catalog import get_chapter
+
+    chapter = get_chapter(chapter_id)
+    produced = json.loads(Path(produced_json).read_text(encoding="utf-8"))
+    golden = json.loads(Path(golden_json or golden_path(chapter.id)).read_text(encoding="utf-8"))
+    return check_data(chapter, produced, golden, check_parameters=check_parameters)
 
 
 def report(mismatches: Sequence[Mismatch], limit: int = 40) -> str:
