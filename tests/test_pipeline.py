@@ -24,7 +24,7 @@ def test_param_coerces_strings_and_numbers():
     p = Param("beta", "float", 0.1, "b", low=0.0, low_open=True, high=10.0)
     assert p.coerce("0.5") == 0.5 and p.coerce(2) == 2.0 and isinstance(p.coerce(2), float)
     n = Param("n", "int", 3, "n", low=1)
-    assert n.coerce("7") == 7 and n.coerce(4.0) == 4
+    assert n.coerce("7") == 7 and n.coerce(4.0) == 4 and n.coerce("4.0") == 4 and n.coerce(" 1e1 ") == 10
     b = Param("flag", "bool", False, "f")
     assert b.coerce("true") is True and b.coerce("0") is False and b.coerce(True) is True
     lst = Param("losses", "list[str]", ["dpo"], "l", choices=("dpo", "ipo"))

@@ -127,7 +127,14 @@ class Param:
                 elif isinstance(value, float) and value.is_integer():
                     v = int(value)
                 elif isinstance(value, str):
-                    v = int(value.strip())
+                    text = value.strip()
+                    try:
+                        v = int(text)
+                    except ValueError:                     # "4.0" (e.g. papermill -r n_seeds 4.0) is 4
+                        f = float(text)
+                        if not (math.isfinite(f) and f.is_integer()):
+                            raise bad from None
+                        v = int(f)
                 else:
                     raise bad
             elif t == "float":
