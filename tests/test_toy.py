@@ -249,6 +249,17 @@ def test_corollaries_2_and_3_on_the_mlp_toy():
     assert s["unpaired_gain"]["lo"] > 0.1                             # Cor. 3: dispersion
 
 
+# ---------------------------------------------------------------------------------- verdict helpers
+def test_removed_by_lists_what_the_reference_shows():
+    ref = {"drastic_drop": True, "degradation": True, "dispersion": False}
+    v = {"drastic_drop": False, "degradation": True, "dispersion": True}
+    assert toy.removed_by(ref, v) == {"removes": ["drastic_drop"], "keeps": ["degradation"]}
+    assert toy.removed_by(ref, ref) == {"removes": [], "keeps": ["drastic_drop", "degradation"]}
+    assert list(toy.THREE_D_LABELS) == list(toy.three_d({
+        "rejected_drop_orders": {"mean": 3.0}, "peak_chosen_prob": {"mean": 0.5}, "chosen_drop": {"mean": 0.1},
+        "unpaired_gain": {"mean": 0.0}}))
+
+
 # ---------------------------------------------------------------------------------- toy-3d / toy-scenarios verdicts
 def _entry(mean, lo=None, hi=None, frac=1.0):
     return {"mean": mean, "lo": mean if lo is None else lo, "hi": mean if hi is None else hi, "frac": frac}

@@ -1312,6 +1312,13 @@ def three_d(summary_cfg: Mapping[str, Mapping[str, float]], drop_orders: float =
 THREE_D_LABELS = {"drastic_drop": "Drastic drop", "degradation": "Degradation", "dispersion": "Dispersion"}
 
 
+def removed_by(reference: Mapping[str, bool], verdict: Mapping[str, bool]) -> dict[str, list[str]]:
+    """Of the properties the ``reference`` verdict of :func:`three_d` shows (vanilla DPO), those another
+    configuration's ``verdict`` no longer shows (``"removes"``) and those it still shows (``"keeps"``)."""
+    shown = [k for k in THREE_D_LABELS if reference[k]]
+    return {"removes": [k for k in shown if not verdict[k]], "keeps": [k for k in shown if verdict[k]]}
+
+
 def plot_band(ax, steps, values, *, label=None, color=None, log: bool = False, level: float = 0.95, **kwargs):
     """Plot the mean over seeds of ``values [T, seeds]`` with its ``level`` t-interval as a band;
     ``log=True``: geometric mean and band (``values`` must be > 0), log y-axis."""
