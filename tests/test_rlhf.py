@@ -242,3 +242,64 @@ def test_cuda_path_matches_cpu():
         # PPO's samples may flip where float rounding differs between devices: looser there
         tol = dict(rtol=0, atol=2e-2) if m == "rlhf_ppo" else dict(rtol=1e-3, atol=1e-5)
         np.testing.assert_allclose(gpu[m].records["chosen"], cpu[m].records["chosen"], **tol)
+
+
+# ------------------------------------------------------------------------------------------ chapter summaries
+@pytest.fixture(scope="module")
+def small_runs():
+    return rlhf.run_rlhf(seeds=[0, 1, 2], steps=20, sft_steps=20, samples=4, progress=False, device="cpu")
+
+
+def test_member_indicators_add_the_largest_rejected_gradient(small_runs):
+    run = small_runs["rlhf_exact"]
+    ind = rlhf.member_indicators(run)
+    assert set(ind) == set(toy.INDICATORS) | {"log10_max_grad_rejected"}
+    expect = np.log10(np.max(run.records["grad_rejected"], axis=0))
+    np.testing.assert_allclose(ind["log10_max_grad_rejected"], expect, rtol=1e-12)
+    summ = rlhf.summarise_runs(small_runs)
+    assert list(summ) == list(small_runs)
+    for name in summ:
+        assert set(rlhf.KEYS) <= set(summ[name])
+        d = summ[name]["log10_max_grad_rejected"]
+        assert d["lo"] <= d["mean"] <= d["hi"] and d["n"] == 3
+
+
+def test_reward_balance_and_final_rewards(small_runs):
+    rm = small_runs["reward_model"]
+    bal = rlhf.reward_balance(rm)
+    assert bal["max_abs_sum_of_gradients"] == 0.0 and bal["max_abs_ratio_minus_1"] == 0.0
+    assert bal["max_abs_err_closed_form"] < 1e-6 and 0.0 <= bal["final_accuracy"] <= 1.0
+    assert bal["final_loss"] == pytest.approx(float(np.mean(rm.records["loss"][-1])))
+    fr = rlhf.final_rewards(rm)
+    assert list(fr) == list(rlhf.ROLES) and fr["unseen"] == 0.0        # unseen outputs never get a gradient
+    assert fr["chosen"] > fr["rejected"]
+
+
+def test_optimum_check(small_runs):
+    exact, ppo = rlhf.optimum_check(small_runs["rlhf_exact"]), rlhf.optimum_check(small_runs["rlhf_ppo"])
+    assert "mean_clip_fraction" not in exact and 0.0 <= ppo["mean_clip_fraction"] <= 1.0
+    for d in (exact, ppo):
+        assert 0.0 <= d["final_tv_to_optimum_mean"] <= d["final_tv_to_optimum_max"] <= 1.0
+        assert d["final_optimality_gap_max"] >= -1e-6 and d["final_kl"] >= -1e-9
+        assert d["final_tv_to_optimum_mean"] < d["initial_tv_to_optimum"]
+
+
+def test_optimum_by_beta_matches_the_closed_form(small_runs):
+    rm = small_runs["reward_model"]
+    by = rlhf.optimum_by_beta(rm, [rm.beta, 1e6])
+    assert list(by) == list(rlhf.ROLES)
+    masks = rm.spec.role_masks()
+    p = np.exp(rm.optimum_log_probs())
+    expect = float(np.mean((p * masks["rejected"].numpy()).sum(-1))) / rm.spec.n_rejected
+    assert by["rejected"][0] == pytest.approx(expect, rel=1e-12)
+    p0 = np.exp(rm.ref_log_probs)                                         # beta -> infinity: pi* -> pi_0
+    assert by["chosen"][1] == pytest.approx(float(np.mean((p0 * masks["chosen"].numpy()).sum(-1))), rel=1e-5)
+    total = sum(by[r][0] * (rm.spec.n_rejected if r == "rejected" else 1) for r in rlhf.ROLES)
+    assert total == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(ValueError, match="beta"):
+        rlhf.optimum_by_beta(rm, [0.0])
+
+
+def test_summary_labels_cover_the_entries(small_runs):
+    assert list(rlhf.reward_balance(small_runs["reward_model"])) == list(rlhf.BALANCE_LABELS)
+    assert list(rlhf.optimum_check(small_runs["rlhf_ppo"])) == list(rlhf.OPTIMUM_LABELS)

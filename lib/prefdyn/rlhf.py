@@ -77,6 +77,8 @@ __all__ = [
     "kl_optimal_log_probs", "kl_objective", "kl_optimal_value", "soft_advantage",
     "make_reward_model", "reward_gradients", "train_reward_model", "induced_log_probs",
     "rlhf_exact", "rlhf_ppo", "fitted_policy", "run_rlhf", "gumbel_sample",
+    "KEYS", "ROLES", "member_indicators", "summarise_runs", "reward_balance", "final_rewards", "optimum_check",
+    "optimum_by_beta", "BALANCE_LABELS", "OPTIMUM_LABELS",
 ]
 
 #: The methods of the chapter, as labels of the runs (and keys of the comparison table).
@@ -674,4 +676,115 @@ def run_rlhf(seeds=32, *, spec: ToySpec | None = None, init=None, policy: str = 
         run.targets = fit["target"]
         run.sft_kl = fit["sft_kl"]
         run.settings.update(policy=policy, sft_steps=sft_steps, sft_lr=sft_lr, init=repr(init))
+    return out
+
+
+# ================================================================================================
+# Summaries for the chapter: indicators, the reward model's balance, the closed-form check, pi* by beta
+# ================================================================================================
+
+#: The indicators the chapter summarises: the toy chapters' key indicators, then four of its own.
+KEYS = tuple(toy.KEY_INDICATORS) + ("rejected_log_decline_rate", "unseen_gain", "grad_ratio_initial",
+                                    "log10_max_grad_rejected")
+
+#: Roles of the responses, in the order the chapter shows them.
+ROLES = ("chosen", "rejected", "other", "unseen")
+
+
+def member_indicators(run: ToyRun, rate_window: int = 50) -> dict[str, np.ndarray]:
+    """:func:`prefdyn.toy.member_indicators` plus ``log10_max_grad_rejected``: log10 of the largest
+    recorded ``|dl/dpi-|`` over training, per member (in reward space, ``|dl/dr-|``, for the reward model)."""
+    ind = toy.member_indicators(run, rate_window=rate_window)
+    ind["log10_max_grad_rejected"] = np.max(run.records["log_grad_rejected"], axis=0) / math.log(10.0)
+    return ind
+
+
+def summarise_runs(runs, rate_window: int = 50, level: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
+    """``{name: summary}`` for runs of one configuration each (all members are that configuration's seeds),
+    with the summary of :func:`prefdyn.toy.summarise_members` over :func:`member_indicators`."""
+    out = {}
+    for name, run in runs.items():
+        ind = member_indicators(run, rate_window=rate_window)
+        out[name] = toy.summarise_members(ind, np.arange(len(run.member_seed)), level)
+    return out
+
+
+def reward_balance(run: RLHFRun) -> dict[str, float]:
+    """How balanced the reward model's gradients were over all its records (000 Sec. 4): the largest
+    ``|dl/dr+ + dl/dr-|`` of any pair, the largest ``| |dl/dr-| / |dl/dr+| - 1 |`` (mean sizes per step and
+    member), the largest distance of ``dl/dr+`` to the closed form ``-1/(1+e^(r+-r-))``, and the final loss
+    and pair accuracy (means over members)."""
+    r = run.records
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = r["grad_rejected"] / r["grad_chosen"]
+    return {
+        "max_abs_sum_of_gradients": float(np.max(r["grad_balance"])),
+        "max_abs_ratio_minus_1": float(np.max(np.abs(ratio - 1.0))),
+        "max_abs_err_closed_form": float(np.max(r["grad_closed_form_err"])),
+        "final_loss": float(np.mean(r["loss"][-1])),
+        "final_accuracy": float(np.mean(r["accuracy"][-1])),
+    }
+
+
+#: Display labels of :func:`reward_balance`'s entries.
+BALANCE_LABELS = {
+    "max_abs_sum_of_gradients": "largest |∂ℓ/∂r+ + ∂ℓ/∂r−|",
+    "max_abs_ratio_minus_1": "largest | |∂ℓ/∂r−| / |∂ℓ/∂r+| − 1 |",
+    "max_abs_err_closed_form": "largest |∂ℓ/∂r+ + 1/(1 + exp(r+ − r−))|",
+    "final_loss": "final loss",
+    "final_accuracy": "final share of pairs with r+ > r−",
+}
+
+
+def final_rewards(run: RLHFRun) -> dict[str, float]:
+    """The reward model's final mean reward per role (mean over prompts, then over members)."""
+    return {role: float(np.mean(run.records[f"reward_{role}"][-1])) for role in ROLES}
+
+
+#: Display labels of :func:`optimum_check`'s entries.
+OPTIMUM_LABELS = {
+    "initial_tv_to_optimum": "total variation to π* at the start",
+    "final_tv_to_optimum_mean": "total variation to π* at the end",
+    "final_tv_to_optimum_max": "largest total variation to π* at the end",
+    "final_optimality_gap_max": "largest gap J(π*) − J(π) at the end",
+    "final_expected_reward": "expected reward at the end",
+    "final_kl": "KL(π ‖ π0) at the end",
+    "mean_clip_fraction": "share of PPO samples clipped",
+}
+
+
+def optimum_check(run: RLHFRun) -> dict[str, float]:
+    """How close a policy run ends to the closed-form optimum pi* of its objective: total variation to pi*
+    at the start and the end (mean over members; the end also as the largest member), the largest
+    optimality gap ``J(pi*) - J(pi)`` at the end, and the final expected reward and KL(pi || pi_0); a PPO
+    run adds the mean fraction of clipped samples."""
+    r = run.records
+    out = {
+        "initial_tv_to_optimum": float(np.mean(r["tv_to_optimum"][0])),
+        "final_tv_to_optimum_mean": float(np.mean(r["tv_to_optimum"][-1])),
+        "final_tv_to_optimum_max": float(np.max(r["tv_to_optimum"][-1])),
+        "final_optimality_gap_max": float(np.max(r["optimum_gap"][-1])),
+        "final_expected_reward": float(np.mean(r["reward"][-1])),
+        "final_kl": float(np.mean(r["kl"][-1])),
+    }
+    clip = r.get("clip_frac")
+    if clip is not None and np.isfinite(clip).any():
+        out["mean_clip_fraction"] = float(np.nanmean(clip))
+    return out
+
+
+def optimum_by_beta(run: RLHFRun, betas) -> dict[str, list[float]]:
+    """The closed-form optimum ``pi* = pi_0 exp(r/beta)/Z`` of the run's final reward for each ``beta`` in
+    ``betas``: per role the probability mass (mean over prompts and members; ``rejected`` is per rejected
+    response), one value per beta, in float64."""
+    b = torch.tensor([_check_beta(x) for x in betas], dtype=torch.float64).view(-1, 1, 1, 1)
+    ref, rew = torch.as_tensor(run.ref_log_probs)[None], torch.as_tensor(run.rewards)[None]
+    probs = torch.log_softmax(ref + rew / b, dim=-1).exp()                  # [n_betas, M, P, R]
+    masks = run.spec.role_masks()
+    out = {}
+    for role in ROLES:
+        mass = (probs * masks[role]).sum(-1).mean(-1).mean(-1)              # [n_betas]
+        if role == "rejected":
+            mass = mass / run.spec.n_rejected
+        out[role] = [float(x) for x in mass]
     return out
