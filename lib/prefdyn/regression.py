@@ -10,7 +10,8 @@ reason), and their numbers are compared here instead, key by key:
 
 - :class:`Tol` says how one number may differ: ``|a - b| <= atol + rtol * max(|a|, |b|)``; magnitudes at
   or below ``tiny`` are compared on ``log10`` with ``log10_atol`` (a probability of ``1e-36`` that comes
-  out ``1.1e-36`` elsewhere is the same result); ``ignore`` skips a key (with a ``reason``);
+  out ``1.1e-36`` elsewhere is the same result; ``tiny=inf`` compares on ``log10`` at every magnitude, for
+  ratios like ``1e39``); ``ignore`` skips a key (with a ``reason``);
 - :class:`Tolerances` maps the flattened keys of a chapter's results (``a.b[2].c``) to a :class:`Tol` by
   ``fnmatch`` patterns, first match wins, else ``default`` (exact unless declared). Each chapter declares
   its :class:`Tolerances` once, in :mod:`prefdyn.chapters.catalog`;
@@ -56,8 +57,10 @@ class Tol:
     def __post_init__(self) -> None:
         for name in ("rtol", "atol", "tiny"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"Tol: {name} must be a finite number >= 0 (got {v!r})")
+            if not (isinstance(v, (int, float)) and not math.isnan(v) and v >= 0
+                    and (math.isfinite(v) or name == "tiny")):
+                raise ValueError(f"Tol: {name} must be a finite number >= 0 (got {v!r})"
+                                 + (" (tiny may be inf: compare on log10 at every magnitude)" if name == "tiny" else ""))
         if self.log10_atol is not None and not (math.isfinite(self.log10_atol) and self.log10_atol >= 0):
             raise ValueError(f"Tol: log10_atol must be a finite number >= 0 or None (got {self.log10_atol!r})")
         if self.tiny > 0 and self.log10_atol is None:
@@ -86,7 +89,8 @@ class Tol:
         if self.atol:
             parts.append(f"atol {self.atol:g}")
         if self.log10_atol is not None and self.tiny > 0:
-            parts.append(f"log10 within {self.log10_atol:g} below {self.tiny:g}")
+            parts.append(f"log10 within {self.log10_atol:g}"
+                         + ("" if math.isinf(self.tiny) else f" below {self.tiny:g}"))
         return ", ".join(parts)
 
     def accepts(self, golden: float, produced: float) -> bool:
