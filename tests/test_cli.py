@@ -27,6 +27,8 @@ from prefdyn.chapters import runner
 from prefdyn.chapters.runner import (InstallFailed, check_destination, install_files, install_folder,
                                      ipc_kernel_manager, run_chapter, run_name)
 
+from throwaway_book import make_book
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFDYN = [sys.executable, "-m", "prefdyn.cli"]
 
@@ -376,19 +378,10 @@ def test_install_folder_is_all_or_nothing(tmp_path, monkeypatch):
 @pytest.fixture
 def tiny_book(tmp_path, monkeypatch):
     """A throw-away book root with one quick chapter that writes its JSON."""
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "book" / "data").mkdir(parents=True)
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
-    (tmp_path / "notebooks" / "tiny.md").write_text(
-        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
-        "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n# Tiny\n\n"
-        "```{code-cell} ipython3\n:tags: [parameters]\n\nsteps = 3\n```\n\n"
-        "```{code-cell} ipython3\nimport json, os, pathlib\n"
+    return make_book(tmp_path, monkeypatch, "tiny", [
+        "import json, os, pathlib\n"
         "pathlib.Path(os.environ['PREFDYN_RESULTS_DIR'], 'tiny.json').write_text(json.dumps({'steps': steps}))\n"
-        "print(steps)\n```\n"
-    )
-    monkeypatch.setitem(catalog.CHAPTERS, "tiny", Chapter("tiny", "Tiny", "test", params=[Param("steps", "int", 3, "s", low=1)]))
-    return tmp_path
+        "print(steps)"])
 
 
 def test_into_book_keeps_the_old_pair_when_the_second_move_fails(tiny_book, monkeypatch):
@@ -484,8 +477,11 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_a_signal_cleans_the_temporary_folder_and_the_kernel(tmp_path, sig, code, delay):
     tmpdir, out = tmp_path / "tmp", tmp_path / "out"
     tmpdir.mkdir()
+    # A shell that starts a job in the background (as CI scripts may) makes it ignore SIGINT, and Python
+    # keeps an ignored SIGINT ignored: give the run a default SIGINT, as a terminal would.
     proc = subprocess.Popen([*PREFDYN, "run", "toy-3d", "-p", "steps", "100000", "--out", str(out), "-q"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(TMPDIR=str(tmpdir)))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(TMPDIR=str(tmpdir)),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         # the kernel runs (its command line names the connection file in the run's temporary folder)

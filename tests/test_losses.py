@@ -395,3 +395,15 @@ def test_nbdpo_lambda_validates_its_clip():
     from prefdyn.losses import nbdpo_lambda
     with pytest.raises(ValueError, match="'clip'"):
         nbdpo_lambda(torch.zeros(2), torch.zeros(2), clip=-1.0)
+
+
+def test_loss_params_from_a_chapters_parameter_names():
+    from prefdyn.losses import LOSS_DEFAULTS, loss_params_from
+
+    names = {"slic": {"delta": "slic_delta", "eta": "slic_eta"}, "dpo": {"beta": "beta"}}
+    out = loss_params_from({"slic_delta": 2.0, "beta": 0.5}, names, ["slic", "dpo"])
+    assert out == {"slic": {"delta": 2.0, "eta": LOSS_DEFAULTS["slic"]["eta"]}, "dpo": {"beta": 0.5}}
+    with pytest.raises(ValueError, match="unknown loss 'ipo'"):
+        loss_params_from({}, names, ["ipo"])
+    with pytest.raises(ValueError, match="beta"):
+        loss_params_from({"beta": -1.0}, names, ["dpo"])                 # validated like any loss call

@@ -15,6 +15,8 @@ from prefdyn.chapters import CHAPTERS, Chapter, Param, ParameterError, get_chapt
 from prefdyn.chapters import catalog
 from prefdyn.chapters.runner import ChapterFailed, clean_executed, repo_root, run_chapter, run_name, source_notebook
 
+from throwaway_book import make_book
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFDYN = [sys.executable, "-m", "prefdyn.cli"]
 
@@ -201,18 +203,9 @@ def test_cli_run_writes_a_run_folder_with_the_parameters(tmp_path):
 @pytest.fixture
 def failing_book(tmp_path, monkeypatch):
     """A throw-away book root with one chapter that fails in its third cell."""
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "book").mkdir()
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
-    (tmp_path / "notebooks" / "failing.md").write_text(
-        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
-        "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n# Failing\n\n"
-        "```{code-cell} ipython3\n:tags: [parameters]\n\nsteps = 3\n```\n\n"
-        "```{code-cell} ipython3\nsteps_twice = 2 * steps\n```\n\n"
-        "```{code-cell} ipython3\nraise RuntimeError(f'boom after {steps} steps')\n```\n"
-    )
-    monkeypatch.setitem(catalog.CHAPTERS, "failing", Chapter("failing", "Failing", "test", params=[Param("steps", "int", 3, "s", low=1)]))
-    return tmp_path
+    return make_book(tmp_path, monkeypatch, "failing",
+                     ["steps_twice = 2 * steps", "raise RuntimeError(f'boom after {steps} steps')"],
+                     data_folder=False)
 
 
 def test_a_failing_chapter_leaves_nothing_and_names_the_cell(failing_book):

@@ -68,7 +68,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .losses import LOSS_NAMES, LOSS_SOURCES, check_loss_params, pair_loss, reward_model_loss
+from .losses import LOSS_NAMES, LOSS_SOURCES, check_loss_params, loss_params_from, pair_loss, reward_model_loss
 
 __all__ = [
     "FIELD_LOSSES",
@@ -662,12 +662,10 @@ def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) 
     if not isinstance(params, Mapping):
         raise ValueError(f"params must be a dict of the chapter's parameters (got {type(params).__name__})")
     names = list(losses if losses is not None else params.get("losses", FIELD_LOSSES))
-    out = {}
-    for n in names:
-        if n not in CHAPTER_PARAMS:
-            raise ValueError(f"loss must be one of {', '.join(FIELD_LOSSES)} (got {n!r})")
-        out[n] = check_field_params(n, **{k: params[v] for k, v in CHAPTER_PARAMS[n].items() if v in params})
-    return out
+    bad = [n for n in names if n not in CHAPTER_PARAMS]
+    if bad:
+        raise ValueError(f"loss must be one of {', '.join(FIELD_LOSSES)} (got {bad[0]!r})")
+    return loss_params_from(params, CHAPTER_PARAMS, names, check=check_field_params)
 
 
 def parameter_table(per_loss: Mapping[str, Mapping[str, Any]]):

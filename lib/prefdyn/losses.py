@@ -93,7 +93,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -284,6 +284,21 @@ def check_loss_params(name: str, **params: Any) -> dict[str, Any]:
     out = {}
     for key, rng in ranges.items():
         out[key] = rng.check(name, key, params[key]) if key in params else rng.default
+    return out
+
+
+def loss_params_from(params: Mapping[str, Any], names: Mapping[str, Mapping[str, str]], losses: Sequence[str],
+                     check: Callable[..., dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-loss parameters from a chapter's parameters: ``names[loss]`` maps each loss parameter to the
+    chapter parameter that holds it (chapters name them differently, e.g. ``slic_delta`` for SLiC's
+    ``delta``). A chapter parameter missing from ``params`` leaves the loss's default. Each loss's
+    parameters are validated by ``check`` (default :func:`check_loss_params`)."""
+    check = check or check_loss_params
+    out = {}
+    for n in losses:
+        if n not in names:
+            raise ValueError(f"unknown loss {n!r}; allowed: {', '.join(names)}")
+        out[n] = check(n, **{k: params[v] for k, v in names[n].items() if v in params})
     return out
 
 

@@ -946,7 +946,7 @@ def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) 
     ``beta`` goes to dpo, sft_dpo, ipo and dpop; ``beta_balanced`` to nbdpo, nbdpo_v2 and bdpo; the others
     by name. Validated by :func:`prefdyn.losses.check_loss_params` (defaults filled in).
     """
-    from .losses import LOSS_NAMES, check_loss_params
+    from .losses import LOSS_NAMES, loss_params_from
 
     names = list(losses if losses is not None else params.get("losses", LOSS_NAMES))
     pick = {
@@ -957,12 +957,7 @@ def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) 
         "nbdpo_v2": {"beta": "beta_balanced", "clip": "clip", "symmetric": "symmetric"},
         "bdpo": {"beta": "beta_balanced"},
     }
-    out = {}
-    for n in names:
-        if n not in pick:
-            raise ValueError(f"unknown loss {n!r}; allowed: {', '.join(LOSS_NAMES)}")
-        out[n] = check_loss_params(n, **{k: params[v] for k, v in pick[n].items() if v in params})
-    return out
+    return loss_params_from(params, pick, names)
 
 
 def _param_subs(name: str, p: Mapping[str, Any]) -> dict:
