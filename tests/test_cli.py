@@ -59,14 +59,14 @@ def no_execution(monkeypatch):
     """Fail the test if a chapter or the bench starts running."""
     import papermill
 
-    from prefdyn import toy
+    from prefdyn import bench
 
     def boom(*a, **k):
         raise AssertionError("executed although the input was bad")
 
     monkeypatch.setattr(runner, "run_chapter", boom)
     monkeypatch.setattr(papermill, "execute_notebook", boom)
-    monkeypatch.setattr(toy, "bench", boom)
+    monkeypatch.setattr(bench, "bench", boom)
 
 
 # ------------------------------------------------------------------------------ injected parameters

@@ -353,21 +353,25 @@ def _chapter_defaults():
 
 
 def test_loss_params_map_the_chapter_parameters():
-    """One beta for every loss that has one (nbDPO and bDPO too, not their default 1); the rest by name."""
+    """The book-wide names: each loss parameter by its own name, the Balanced family's beta by
+    ``beta_balanced`` (0.1 here, not their default 1)."""
     cp = _chapter_defaults()
-    cp.update(beta=0.3, slic_delta=2.0, dpop_lambda=7.0, nbdpo_clip=0.2, nbdpo_symmetric=True)
-    p = F.loss_params(cp, list(F.CHAPTER_PARAMS))
-    assert p["dpo"] == {"beta": 0.3} and p["ipo"] == {"beta": 0.3} and p["bdpo"] == {"beta": 0.3}
-    assert p["nbdpo"] == p["nbdpo_v2"] == {"beta": 0.3, "clip": 0.2, "symmetric": True}
-    assert p["slic"] == {"delta": 2.0, "eta": cp["slic_eta"]}
+    assert cp["beta_balanced"] == 0.1
+    cp.update(beta=0.3, delta=2.0, lam=7.0, clip=0.2, symmetric=True, beta_balanced=0.4)
+    p = F.loss_params(cp, list(F.FIELD_LOSSES))
+    assert p["dpo"] == {"beta": 0.3} and p["ipo"] == {"beta": 0.3} and p["bdpo"] == {"beta": 0.4}
+    assert p["nbdpo"] == p["nbdpo_v2"] == {"beta": 0.4, "clip": 0.2, "symmetric": True}
+    assert p["slic"] == {"delta": 2.0, "eta": cp["eta"]}
     assert p["dpop"] == {"beta": 0.3, "lam": 7.0}
     assert p["flex_dpo"] == {"beta_chosen": cp["beta_chosen"], "beta_rejected": cp["beta_rejected"]}
     assert p["reward_model"] == {}
     # default list of losses: the chapter's own; a parameter the dict lacks keeps the loss's default
     assert list(F.loss_params(cp)) == cp["losses"]
     assert F.loss_params({}, ["nbdpo"])["nbdpo"]["beta"] == 1.0
-    # every chapter parameter named by the mapping is declared in the catalog
-    assert {v for m in F.CHAPTER_PARAMS.values() for v in m.values()} <= set(_chapter_defaults())
+    # every loss parameter of the chapter's losses is a declared chapter parameter, by its book-wide name
+    from prefdyn.losses import LOSS_PARAM_RANGES, chapter_name
+    held = {chapter_name(n, k) for n in F.FIELD_LOSSES if n != "reward_model" for k in LOSS_PARAM_RANGES[n]}
+    assert held <= set(_chapter_defaults())
 
 
 def test_parameter_table_lists_each_loss_with_its_source():

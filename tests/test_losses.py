@@ -52,11 +52,11 @@ def test_registry_names_and_defaults():
 
 
 def test_param_ranges_are_chapter_param_compatible():
-    from prefdyn.chapters.params import Param, ParameterError
+    from prefdyn.chapters.params import ParameterError, loss_param
 
     for name, ranges in L.LOSS_PARAM_RANGES.items():
         for key, rng in ranges.items():
-            p = Param(key, **rng.param_kwargs())
+            p = loss_param(L.chapter_name(name, key), [name])
             assert p.default == rng.default
             if rng.type == "float" and rng.low is not None:
                 bad = rng.low if rng.low_open else rng.low - 1.0
@@ -400,10 +400,11 @@ def test_nbdpo_lambda_validates_its_clip():
 def test_loss_params_from_a_chapters_parameter_names():
     from prefdyn.losses import LOSS_DEFAULTS, loss_params_from
 
-    names = {"slic": {"delta": "slic_delta", "eta": "slic_eta"}, "dpo": {"beta": "beta"}}
-    out = loss_params_from({"slic_delta": 2.0, "beta": 0.5}, names, ["slic", "dpo"])
-    assert out == {"slic": {"delta": 2.0, "eta": LOSS_DEFAULTS["slic"]["eta"]}, "dpo": {"beta": 0.5}}
-    with pytest.raises(ValueError, match="unknown loss 'ipo'"):
-        loss_params_from({}, names, ["ipo"])
+    # one name per parameter across the book: the loss's own, except the Balanced family's beta
+    out = loss_params_from({"delta": 2.0, "beta": 0.5, "beta_balanced": 3.0}, ["slic", "dpo", "bdpo"])
+    assert out == {"slic": {"delta": 2.0, "eta": LOSS_DEFAULTS["slic"]["eta"]}, "dpo": {"beta": 0.5},
+                   "bdpo": {"beta": 3.0}}
+    with pytest.raises(ValueError, match="unknown loss 'nosuch'"):
+        loss_params_from({}, ["nosuch"])
     with pytest.raises(ValueError, match="beta"):
-        loss_params_from({"beta": -1.0}, names, ["dpo"])                 # validated like any loss call
+        loss_params_from({"beta": -1.0}, ["dpo"])                         # validated like any loss call

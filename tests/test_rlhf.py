@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prefdyn import losses as L
-from prefdyn import rlhf, toy
+from prefdyn import records, rlhf, toy, validate
 
 torch.set_num_threads(1)   # 2 shared cores: one thread is several times faster here
 
@@ -96,7 +96,7 @@ def test_train_reward_model_records_balanced_gradients(kind):
     assert bool((rc["reward_chosen"][-1] > rc["reward_rejected"][-1] + 1.0).all())
     assert np.abs(rc["reward_unseen"]).max() == 0.0
     # the toy's indicators apply; the reward-space gradient ratio is exactly 1
-    s = toy.summarise(run)["reward_model"]
+    s = records.summarise(run)["reward_model"]
     assert s["grad_ratio_final"]["mean"] == pytest.approx(1.0, abs=1e-6)
 
 
@@ -181,13 +181,13 @@ def test_ppo_seeded_reproducible_and_batch_independent():
 def test_records_fill_every_toy_record():
     runs = rlhf.run_rlhf(seeds=[0, 1], steps=5, sft_steps=5, samples=2, progress=False, device="cpu")
     for name, run in runs.items():
-        for key in toy.RECORDS:
+        for key in records.RECORDS:
             if name == "reward_model" and key.startswith("dlogp_"):
                 assert np.isnan(run.records[key]).all()          # no policy log-prob in the reward loss
                 continue
             assert np.isfinite(run.records[key]).all(), (name, key)
-        ind = toy.member_indicators(run)
-        assert set(ind) == set(toy.INDICATORS)
+        ind = records.member_indicators(run)
+        assert set(ind) == set(records.INDICATORS)
         for key in ("peak_chosen_prob", "final_rejected_prob", "final_unseen_mass", "grad_ratio_final",
                     "rejected_log_decline_rate"):
             assert np.isfinite(ind[key]).all(), (name, key)
@@ -200,7 +200,7 @@ def test_run_rlhf_reproducible():
     for m in a:
         for k in a[m].records:
             np.testing.assert_array_equal(a[m].records[k], b[m].records[k])
-        assert set(toy.summarise(a[m])[m]) == set(toy.INDICATORS)
+        assert set(records.summarise(a[m])[m]) == set(records.INDICATORS)
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -253,7 +253,7 @@ def small_runs():
 def test_member_indicators_add_the_largest_rejected_gradient(small_runs):
     run = small_runs["rlhf_exact"]
     ind = rlhf.member_indicators(run)
-    assert set(ind) == set(toy.INDICATORS) | {"log10_max_grad_rejected"}
+    assert set(ind) == set(records.INDICATORS) | {"log10_max_grad_rejected"}
     expect = np.log10(np.max(run.records["grad_rejected"], axis=0))
     np.testing.assert_allclose(ind["log10_max_grad_rejected"], expect, rtol=1e-12)
     summ = rlhf.summarise_runs(small_runs)

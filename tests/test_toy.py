@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from prefdyn import bench, plotting, records, stats, toy, validate
 from prefdyn import losses as L
-from prefdyn import toy
 
 F64 = dict(dtype=torch.float64, device="cpu", progress=False)
 
@@ -97,7 +97,7 @@ def test_batched_member_equals_the_same_run_alone():
     for ci, cfg in enumerate(configs):
         alone = toy.run_grid([cfg], [5], **kw)
         m = big.members_of(ci)[1]                                          # seed 5 of this config
-        for name in toy.RECORDS:
+        for name in records.RECORDS:
             np.testing.assert_allclose(big.records[name][:, m], alone.records[name][:, 0], rtol=1e-9, atol=1e-12,
                                        err_msg=f"{cfg} {name}")
         np.testing.assert_allclose(big.policy.flat()[m].numpy(), alone.policy.flat()[0].numpy(), rtol=0, atol=1e-12)
@@ -142,7 +142,7 @@ def test_dpo_gradient_ratio_is_corollary_1():
     ratio = np.exp(r["log_grad_rejected"] - r["log_grad_chosen"])
     np.testing.assert_allclose(ratio, np.exp(r["log_chosen"] - r["log_rejected"]), rtol=1e-8)
     assert ratio[-1].min() > 100          # the drastic drop happened
-    ind = toy.member_indicators(run)
+    ind = records.member_indicators(run)
     assert np.all(ind["grad_ratio_10_step"] < ind["grad_ratio_100_step"])
 
 
@@ -164,14 +164,14 @@ def test_same_parameters_same_numbers_and_summary():
     kw = dict(steps=30, sft_steps=20, hidden=8, progress=False, device="cpu")
     a = toy.run_grid([{"loss": "dpo"}, {"loss": "slic"}], 4, **kw)
     b = toy.run_grid([{"loss": "dpo"}, {"loss": "slic"}], 4, **kw)
-    for k in toy.RECORDS:
+    for k in records.RECORDS:
         assert np.array_equal(a.records[k], b.records[k])
-    s = toy.summarise(a)
+    s = records.summarise(a)
     assert set(s) == {"dpo", "slic"}
-    assert set(s["dpo"]) == set(toy.INDICATORS)
+    assert set(s["dpo"]) == set(records.INDICATORS)
     x = a.records["chosen"][:, a.members_of("dpo")].max(axis=0)
     assert s["dpo"]["peak_chosen_prob"]["mean"] == pytest.approx(float(x.mean()))
-    ci = toy.mean_ci([1.0, 2.0, 3.0, np.nan])
+    ci = stats.mean_ci([1.0, 2.0, 3.0, np.nan])
     assert ci["n"] == 3 and ci["frac"] == 0.75 and ci["mean"] == pytest.approx(2.0)
     assert ci["hi"] - ci["mean"] == pytest.approx(4.302652729911275 / math.sqrt(3))   # t_{0.975, 2} * sd / sqrt(n)
 
@@ -179,19 +179,19 @@ def test_same_parameters_same_numbers_and_summary():
 def test_probability_intervals_stay_in_range():
     # seeds spanning orders of magnitude: the plain t-interval of the mean would go below 0
     tiny = np.array([1e-36, 2e-36, 1e-33, 3e-36])
-    assert toy.mean_ci(tiny)["lo"] < 0
-    s = toy.summarise_members({"final_rejected_prob": tiny, "unpaired_gain": np.array([-0.99, 0.99, -0.99, -0.99]),
+    assert stats.mean_ci(tiny)["lo"] < 0
+    s = records.summarise_members({"final_rejected_prob": tiny, "unpaired_gain": np.array([-0.99, 0.99, -0.99, -0.99]),
                                "peak_chosen_step": np.array([-5.0, 5.0, 6.0, -4.0])}, np.arange(4))
     assert s["final_rejected_prob"]["lo"] == 0.0 and 0 < s["final_rejected_prob"]["hi"] <= 1
     assert s["final_rejected_prob"]["mean"] == pytest.approx(tiny.mean())
     assert s["unpaired_gain"]["lo"] == -1.0
-    deep = toy.mean_ci(np.array([1e-255, 0.0, 0.0, 0.0]))          # squares underflow: still a real interval
+    deep = stats.mean_ci(np.array([1e-255, 0.0, 0.0, 0.0]))          # squares underflow: still a real interval
     assert deep["hi"] > deep["mean"] > 0
     assert s["peak_chosen_step"]["lo"] < -1.0                    # an unbounded indicator is left alone
 
 
 def test_bench_small():
-    res = toy.bench(members=4, steps=3, loop_members=2, hidden=8, progress=False, device="cpu", threads=1,
+    res = bench.bench(members=4, steps=3, loop_members=2, hidden=8, progress=False, device="cpu", threads=1,
                     loop_threads=2)
     assert res["loop_extrapolated"] and res["ratio"] > 0
     assert res["torch_threads"] == 1 and res["loop_torch_threads"] == 2
@@ -205,7 +205,7 @@ def test_cuda_path_matches_cpu():
     cpu = toy.run_grid([{"loss": "dpo"}, {"loss": "ipo"}], 3, device="cpu", **kw)
     assert gpu.settings["device"] == "cuda"
     np.testing.assert_allclose(gpu.records["chosen"], cpu.records["chosen"], atol=1e-8)
-    assert toy.resolve_device("auto").type == "cuda"
+    assert device.resolve_device("auto").type == "cuda"
 
 
 # ---------------------------------------------------------------------------------- bad input
@@ -228,8 +228,8 @@ def test_cuda_path_matches_cpu():
     (lambda: toy.run_grid([{"loss": "dpo", "init": np.ones((3, 3))}], 2, progress=False), "init"),
     (lambda: toy.run_grid([], 2, progress=False), "configs"),
     (lambda: toy.sft(toy.TabularPolicy(toy.ToySpec(), 1), np.full((4, 10), 0.2)), "target"),
-    (lambda: toy.bench(members=4, loop_members=8, progress=False), "loop_members"),
-    (lambda: toy.bench(members=4, loop_threads=0, progress=False), "loop_threads"),
+    (lambda: bench.bench(members=4, loop_members=8, progress=False), "loop_members"),
+    (lambda: bench.bench(members=4, loop_threads=0, progress=False), "loop_threads"),
 ])
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
@@ -241,7 +241,7 @@ def test_corollaries_2_and_3_on_the_mlp_toy():
     has collapsed (ratio > 100), pi(chosen) falls from its peak, and mass moves to responses never paired
     with the prompt (the dispersion of Cor. 3, broad reading; see the toy-3d chapter for the narrow one)."""
     run = toy.run_grid([{"loss": "dpo"}], 4, steps=300, progress=False, device="cpu")
-    s = toy.summarise(run)["dpo"]
+    s = records.summarise(run)["dpo"]
     assert s["rejected_drop_orders"]["lo"] > 10                       # Cor. 1: the drastic drop
     assert s["grad_ratio_100_step"]["frac"] == 1.0
     assert s["peak_chosen_step"]["mean"] > s["grad_ratio_100_step"]["mean"]
@@ -309,9 +309,9 @@ def test_scenario_claims():
 
 
 def test_rank_correlation_and_prop1_test():
-    r = toy.rank_correlation([1, 2, 3, 4, 5], [2.0, 4.0, 6.0, 8.0, 10.0])
+    r = stats.rank_correlation([1, 2, 3, 4, 5], [2.0, 4.0, 6.0, 8.0, 10.0])
     assert r["spearman_rho"] == pytest.approx(1.0) and r["p_value"] < 0.05 and r["n_points"] == 5
-    r = toy.rank_correlation([1, 2, np.nan, 4], [1.0, 2.0, 3.0, np.nan])       # two finite pairs: no verdict
+    r = stats.rank_correlation([1, 2, np.nan, 4], [1.0, 2.0, 3.0, np.nan])       # two finite pairs: no verdict
     assert r["n_points"] == 2 and math.isnan(r["spearman_rho"]) and math.isnan(r["p_value"])
     names = [f"c{i}" for i in range(6)]
     summary = {n: {"rejected_tenfold_step": _entry(10.0 * (i + 1)), "peak_chosen_prob": _entry(0.2 + 0.05 * i),
@@ -337,17 +337,17 @@ def test_plot_helpers_draw_the_toy():
 
     run = toy.train("dpo", {"beta": 0.1}, seeds=2, steps=3, sft_steps=5, hidden=8, progress=False, device="cpu",
                     record_probs=True)
-    s = toy.summarise(run)["dpo"]
+    s = records.summarise(run)["dpo"]
     fig, axes = plt.subplots(1, 4)
-    toy.plot_sft_target(axes[0], run.targets[0], run.spec)
-    toy.plot_role_bars(axes[1], run, "dpo", when=(0, -1), labels=("SFT", "DPO"))
+    plotting.plot_sft_target(axes[0], run.targets[0], run.spec)
+    plotting.plot_role_bars(axes[1], run, "dpo", when=(0, -1), labels=("SFT", "DPO"))
     assert [t.get_text() for t in axes[1].get_xticklabels()] == ["a+", "o", "o", "o", "r", "r", "r", "r", "u", "u"]
     assert len(axes[1].patches) == 2 * run.spec.n_responses
-    toy.plot_role_bars(axes[2], run, "dpo", when=(0,), ticks="groups")
+    plotting.plot_role_bars(axes[2], run, "dpo", when=(0,), ticks="groups")
     assert [t.get_text() for t in axes[2].get_xticklabels()] == ["a+", "o", "r", "u"]
     assert axes[2].get_xticks()[1] == pytest.approx(2.0)                       # centred on the three o bars
-    toy.plot_roles(axes[3], run, "dpo", ("rejected", "grad_rejected"), log=True)
-    toy.mark_steps(axes[3], s, keys=("peak_chosen_step",), label=True)
+    plotting.plot_roles(axes[3], run, "dpo", ("rejected", "grad_rejected"), log=True)
+    plotting.mark_steps(axes[3], s, keys=("peak_chosen_step",), label=True)
     labels = axes[3].get_legend_handles_labels()[1]
     assert labels == ["π(one rejected)", "|∂ℓ/∂π−|", "peak of π(chosen)"] and axes[3].get_yscale() == "log"
     plt.close(fig)
@@ -360,6 +360,6 @@ def test_step_legend_names_the_marks():
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots()
-    leg = toy.step_legend(fig)
-    assert [t.get_text() for t in leg.get_texts()] == [text for text, _ in toy.STEP_MARKS.values()]
+    leg = plotting.step_legend(fig)
+    assert [t.get_text() for t in leg.get_texts()] == [text for text, _ in plotting.STEP_MARKS.values()]
     plt.close(fig)

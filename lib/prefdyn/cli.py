@@ -4,7 +4,7 @@
     prefdyn run CHAPTER [-p NAME VALUE ...] [--out DIR | --into-book]
     prefdyn book [--only CHAPTER ...] [--no-execute] [--no-build]
     prefdyn check CHAPTER [RUN_JSON] [--device D]  a run's key numbers vs the book's, under the chapter's tolerances
-    prefdyn bench toy [...]                        batched vs looped toy trainer (see prefdyn.toy)
+    prefdyn bench toy [...]                        batched vs looped toy trainer (see prefdyn.bench)
     prefdyn --version
 
 Exit codes: 0 success; 1 a chapter or the site build failed, ``check`` found numbers beyond tolerance, or its files could not be moved into place;
@@ -168,11 +168,51 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    """``prefdyn bench toy``: runs :func:`prefdyn.bench.bench` from the parsed arguments (``None`` takes
+    its defaults; ``--out`` defaults to ``runs/bench/toy.json``), prints every number."""
     if args.what != "toy":
         raise ParameterError(f"unknown benchmark '{args.what}' (available: toy)")
-    from . import toy
+    from pathlib import Path
 
-    return toy.bench_cli(args)
+    from .bench import bench
+    from .device import resolve_device
+    from .losses import check_loss_params
+    from .validate import check_int
+
+    def get(name, default):
+        v = getattr(args, name, None)
+        return default if v is None else v
+
+    out = get("out", "runs/bench/toy.json")
+    members, steps = get("members", 256), get("steps", 200)
+    loop_members, loss, device = get("loop_members", None), get("loss", "dpo"), get("device", "auto")
+    threads, loop_threads = get("threads", 1), get("loop_threads", None)
+    # Bad input is a one-line ParameterError (exit code 2), found before any work.
+    try:
+        check_int("--members", members, 1)
+        check_int("--steps", steps, 1)
+        if loop_members is not None:
+            check_int("--loop-members", loop_members, 1, members)
+        check_int("--threads", threads, 1)
+        if loop_threads is not None:
+            check_int("--loop-threads", loop_threads, 1)
+        check_loss_params(loss)
+        if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
+            raise ValueError(f"--device: expected auto, cpu or cuda, got {device!r}")
+        resolve_device(device)
+    except ValueError as exc:
+        msg = " ".join(str(exc).split())
+        raise ParameterError("--" + msg if msg.startswith("device:") else msg) from None
+    if not str(out).strip() or Path(out).is_dir():
+        raise ParameterError(f"--out: expected a JSON file, got {str(out)!r}" + (" (a folder)" if str(out).strip() else ""))
+    res = bench(members=members, steps=steps, loop_members=loop_members, loss=loss, device=device,
+                threads=threads, loop_threads=loop_threads, out=out)
+    for k, v in res.items():
+        if isinstance(v, list):
+            v = "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
+        print(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}")
+    print(f"wrote {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

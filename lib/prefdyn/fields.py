@@ -634,38 +634,22 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
 
 
 # ----------------------------------------------------------------------------- the chapter's loss parameters
-#: Which parameter of the ``gradient-fields`` chapter sets which parameter of each loss
-#: (``{loss: {loss parameter: chapter parameter}}``): one ``beta`` serves every loss that has a beta, so
-#: that the panels compare the losses at one temperature. :func:`prefdyn.printed.loss_params` is the same
-#: mapping for the ``gradients`` chapter, whose parameters are named differently.
-CHAPTER_PARAMS: dict[str, dict[str, str]] = {
-    "dpo": {"beta": "beta"},
-    "flex_dpo": {"beta_chosen": "beta_chosen", "beta_rejected": "beta_rejected"},
-    "sft_dpo": {"beta": "beta", "gamma": "gamma"},
-    "ipo": {"beta": "beta"},
-    "slic": {"delta": "slic_delta", "eta": "slic_eta"},
-    "dpop": {"beta": "beta", "lam": "dpop_lambda"},
-    "nbdpo": {"beta": "beta", "clip": "nbdpo_clip", "symmetric": "nbdpo_symmetric"},
-    "nbdpo_v2": {"beta": "beta", "clip": "nbdpo_clip", "symmetric": "nbdpo_symmetric"},
-    "bdpo": {"beta": "beta"},
-    "reward_model": {},
-}
-
-
 def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Per-loss parameters from the ``gradient-fields`` chapter's parameters (:data:`CHAPTER_PARAMS`).
+    """Per-loss parameters from a chapter's parameters, by the book-wide names of
+    :func:`prefdyn.losses.loss_params_from` (``beta``, ``delta``, ``beta_balanced``, ...).
 
-    ``losses`` defaults to ``params["losses"]``. A chapter parameter missing from ``params`` leaves the
-    loss's default (:data:`prefdyn.losses.LOSS_DEFAULTS`); the result is validated and complete
-    (:func:`check_field_params`), ``{}`` for ``"reward_model"``.
+    ``losses`` (from :data:`FIELD_LOSSES`) defaults to ``params["losses"]``. A chapter parameter missing
+    from ``params`` leaves the loss's default; the result is validated and complete, ``{}`` for
+    ``"reward_model"`` (no parameters).
     """
     if not isinstance(params, Mapping):
         raise ValueError(f"params must be a dict of the chapter's parameters (got {type(params).__name__})")
     names = list(losses if losses is not None else params.get("losses", FIELD_LOSSES))
-    bad = [n for n in names if n not in CHAPTER_PARAMS]
+    bad = [n for n in names if n not in FIELD_LOSSES]
     if bad:
         raise ValueError(f"loss must be one of {', '.join(FIELD_LOSSES)} (got {bad[0]!r})")
-    return loss_params_from(params, CHAPTER_PARAMS, names, check=check_field_params)
+    per_loss = loss_params_from(params, [n for n in names if n != "reward_model"])
+    return {n: ({} if n == "reward_model" else per_loss[n]) for n in names}
 
 
 def parameter_table(per_loss: Mapping[str, Mapping[str, Any]]):

@@ -82,24 +82,46 @@ Choices where the papers or TRL differ
 Which quantities are detached (stop-gradient): lambda in ``nbdpo`` and ``nbdpo_v2``; the correction term
 ``sg[h+]`` in ``nbdpo``; lw in ``bdpo``. Nothing else.
 
-Also here: :func:`reward_model_loss` (000 Sec. 4 / eq. 3, 004 eq. 3 up to its sign slip),
-:func:`sft_loss`, the registry :data:`LOSSES`, :data:`LOSS_NAMES`, :data:`LOSS_DEFAULTS`, the allowed
-parameter ranges :data:`LOSS_PARAM_RANGES`, :func:`check_loss_params`, :func:`pair_loss` and
-:func:`logprob_grads` (per-pair ``dl/dlogp`` by autograd; ``dl/dpi = (dl/dlogp) / pi``).
+Entry points
+------------
+- :data:`LOSSES` (name -> :class:`Loss`) and :func:`get` (a name, a ``Loss`` or any function with the loss
+  signature -> ``Loss``). Calling a ``Loss`` validates its parameters; ``Loss.check(**params)`` validates
+  once and ``Loss.fn`` is the unchecked function, for loops (the toy trainer validates at its boundary and
+  calls ``fn`` on every step). ``losses.dpo`` etc. are the same ``Loss`` objects.
+- :func:`register` (or ``LOSSES["name"] = fn``) makes a loss of your own work everywhere a name works.
+- :func:`pair_loss` (= ``get(loss)(...)``), :func:`check_loss_params`, :func:`logprob_grads` (per-pair
+  ``dl/dlogp`` by autograd; ``dl/dpi = (dl/dlogp) / pi``), :func:`loss_params_from` (one mapping from a
+  chapter's parameters to each loss's, :data:`CHAPTER_NAMES`).
+- Views of the registry: :data:`LOSS_NAMES` (the book's losses), :data:`LOSS_DEFAULTS`,
+  :data:`LOSS_PARAM_RANGES`, :data:`LOSS_SOURCES`, :data:`DETACHED`.
+
+Also here: :func:`reward_model_loss` (000 Sec. 4 / eq. 3, 004 eq. 3 up to its sign slip) and
+:func:`sft_loss`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .validate import Range
+
 __all__ = [
+    "Loss",
     "LOSSES",
+    "SIGNATURE",
+    "register",
+    "get",
+    "names",
+    "CHAPTER_NAMES",
+    "chapter_name",
+    "loss_params_from",
     "LOSS_NAMES",
     "LOSS_DEFAULTS",
     "LOSS_PARAM_RANGES",
@@ -129,11 +151,12 @@ __all__ = [
 # ----------------------------------------------------------------------------- parameters
 @dataclass(frozen=True)
 class ParamRange:
-    """The allowed values of one loss parameter (machine-readable, same fields as a chapter ``Param``).
+    """The allowed values of one loss parameter (machine-readable; a chapter parameter declared from it,
+    :func:`prefdyn.chapters.params.loss_param`, has the same range).
 
     ``type`` is ``"float"`` or ``"bool"``; ``low``/``high`` bound a float, ``low_open``/``high_open`` make a
-    bound strict. Floats must also be finite. A float parameter may be a torch tensor (every element is
-    checked), so a sweep over e.g. beta can be one broadcast call.
+    bound strict (:class:`prefdyn.validate.Range`). Floats must also be finite. A float parameter may be a
+    torch tensor (every element is checked), so a sweep over e.g. beta can be one broadcast call.
     """
 
     type: str
@@ -144,68 +167,38 @@ class ParamRange:
     low_open: bool = False
     high_open: bool = False
 
+    @property
+    def range(self) -> Range:
+        return Range(self.low, self.high, self.low_open, self.high_open)
+
     def allowed(self) -> str:
         """The allowed values in words, e.g. ``'a finite number > 0'``."""
         if self.type == "bool":
             return "True or False"
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            rng = f" in {'(' if self.low_open else '['}{lo:g}, {hi:g}{')' if self.high_open else ']'}"
-        elif lo is not None:
-            rng = f" {'>' if self.low_open else '>='} {lo:g}"
-        elif hi is not None:
-            rng = f" {'<' if self.high_open else '<='} {hi:g}"
-        else:
-            rng = ""
-        return "a finite number" + rng
-
-    def param_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for a chapter ``Param(name, **kwargs)`` declaring this loss parameter."""
-        out: dict[str, Any] = {"type": self.type, "default": self.default, "help": self.help}
-        if self.type == "float":
-            out.update(low=self.low, high=self.high, low_open=self.low_open, high_open=self.high_open)
-        return out
-
-    def _ok_float(self, v: float) -> bool:
-        if not math.isfinite(v):
-            return False
-        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
-            return False
-        if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
-            return False
-        return True
+        rng = self.range.text()
+        return "a finite number" + (" " + rng if rng else "")
 
     def check(self, loss: str, name: str, value: Any) -> Any:
-        """Return ``value`` (a Python float/bool or a float tensor) or raise a one-line ``ValueError``."""
-        bad = ValueError(f"{loss}: parameter '{name}' must be {self.allowed()} (got {value!r})")
+        """Return ``value`` (a Python float/bool or a float tensor) or raise a one-line ``ValueError``
+        (the message is built only then)."""
         if self.type == "bool":
             if isinstance(value, bool):
                 return value
             if type(value).__name__ == "bool_":  # numpy.bool_
                 return bool(value)
-            raise bad
-        if isinstance(value, torch.Tensor):
+        elif isinstance(value, torch.Tensor):
             if not value.is_floating_point():
                 value = value.to(torch.get_default_dtype())
-            v = value.detach()
-            ok = bool(torch.isfinite(v).all())
-            if ok and self.low is not None:
-                ok = bool((v > self.low).all()) if self.low_open else bool((v >= self.low).all())
-            if ok and self.high is not None:
-                ok = bool((v < self.high).all()) if self.high_open else bool((v <= self.high).all())
-            if not ok:
-                raise ValueError(f"{loss}: parameter '{name}' must be {self.allowed()} (got a tensor with values outside)")
-            return value
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise bad
-        v = float(value)
-        if not self._ok_float(v):
-            raise bad
-        return v
+            if self.range.contains_all(value):
+                return value
+            raise ValueError(f"{loss}: parameter '{name}' must be {self.allowed()} (got a tensor with values outside)")
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and self.range.contains(float(value)):
+            return float(value)
+        raise ValueError(f"{loss}: parameter '{name}' must be {self.allowed()} (got {value!r})")
 
 
 _BETA = "inverse temperature beta of the log-ratios"
-LOSS_PARAM_RANGES: dict[str, dict[str, ParamRange]] = {
+_PARAMS: dict[str, dict[str, ParamRange]] = {
     "dpo": {"beta": ParamRange("float", 0.1, _BETA + " (000 eq. 5)", low=0.0, low_open=True)},
     "flex_dpo": {
         "beta_chosen": ParamRange("float", 0.1, "beta+ on the chosen log-ratio (000 App. B.2.1, beta_1)", low=0.0, low_open=True),
@@ -237,11 +230,7 @@ LOSS_PARAM_RANGES: dict[str, dict[str, ParamRange]] = {
     "bdpo": {"beta": ParamRange("float", 1.0, _BETA + " (004 eq. 28)", low=0.0, low_open=True)},
 }
 
-LOSS_NAMES: tuple[str, ...] = tuple(LOSS_PARAM_RANGES)
-LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
-    name: {p: r.default for p, r in ranges.items()} for name, ranges in LOSS_PARAM_RANGES.items()
-}
-LOSS_SOURCES: dict[str, str] = {
+_SOURCES: dict[str, str] = {
     "dpo": "000 eq. 5 (= 004 eq. 1)",
     "flex_dpo": "000 App. B.2.1",
     "sft_dpo": "000 eq. 7",
@@ -252,7 +241,7 @@ LOSS_SOURCES: dict[str, str] = {
     "nbdpo_v2": "004 eq. 27 with lambda of eq. 26",
     "bdpo": "004 eq. 28-29",
 }
-DETACHED: dict[str, tuple[str, ...]] = {
+_DETACHED: dict[str, tuple[str, ...]] = {
     "dpo": (),
     "flex_dpo": (),
     "sft_dpo": (),
@@ -263,43 +252,6 @@ DETACHED: dict[str, tuple[str, ...]] = {
     "nbdpo_v2": ("lambda (004 eq. 26)",),
     "bdpo": ("lambda_w (004 eq. 29)",),
 }
-
-
-def _unknown_loss(name: Any) -> ValueError:
-    return ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSS_NAMES)}")
-
-
-def check_loss_params(name: str, **params: Any) -> dict[str, Any]:
-    """Validate ``params`` for loss ``name`` and return them with the defaults filled in.
-
-    Raises a one-line ``ValueError`` naming the loss/parameter and what is allowed for an unknown loss, an
-    unknown parameter, or a value out of range (e.g. ``beta <= 0``, ``clip < 0``, ``gamma < 0``).
-    """
-    if not isinstance(name, str) or name not in LOSS_PARAM_RANGES:
-        raise _unknown_loss(name)
-    ranges = LOSS_PARAM_RANGES[name]
-    for key in params:
-        if key not in ranges:
-            raise ValueError(f"{name}: unknown parameter {key!r}; allowed: {', '.join(ranges)}")
-    out = {}
-    for key, rng in ranges.items():
-        out[key] = rng.check(name, key, params[key]) if key in params else rng.default
-    return out
-
-
-def loss_params_from(params: Mapping[str, Any], names: Mapping[str, Mapping[str, str]], losses: Sequence[str],
-                     check: Callable[..., dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Per-loss parameters from a chapter's parameters: ``names[loss]`` maps each loss parameter to the
-    chapter parameter that holds it (chapters name them differently, e.g. ``slic_delta`` for SLiC's
-    ``delta``). A chapter parameter missing from ``params`` leaves the loss's default. Each loss's
-    parameters are validated by ``check`` (default :func:`check_loss_params`)."""
-    check = check or check_loss_params
-    out = {}
-    for n in losses:
-        if n not in names:
-            raise ValueError(f"unknown loss {n!r}; allowed: {', '.join(names)}")
-        out[n] = check(n, **{k: params[v] for k, v in names[n].items() if v in params})
-    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -329,9 +281,14 @@ def delta_lambda_min(clip: Any, symmetric: bool) -> Any:
 
 
 def nbdpo_lambda(logp_chosen: Any, logp_rejected: Any, clip: Any = 0.5, symmetric: bool = False) -> torch.Tensor:
-    """004 eq. 26: ``lambda = 1 + clip(log pi_w - log pi_l, dl_min, clip)``, from DETACHED policy log-probs."""
+    """004 eq. 26: ``lambda = 1 + clip(log pi_w - log pi_l, dl_min, clip)``, from DETACHED policy log-probs
+    (``clip`` and ``symmetric`` validated as nbDPO's parameters)."""
     check_loss_params("nbdpo", clip=clip, symmetric=symmetric)
-    lc, lr = _tensors(logp_chosen, logp_rejected)
+    return _nb_lambda(*_tensors(logp_chosen, logp_rejected), clip, symmetric)
+
+
+def _nb_lambda(lc: torch.Tensor, lr: torch.Tensor, clip: Any, symmetric: bool) -> torch.Tensor:
+    """:func:`nbdpo_lambda` on checked tensors and parameters (the losses' own call)."""
     d = lc.detach() - lr.detach()
     lo = delta_lambda_min(clip, symmetric)
     lo_t = torch.as_tensor(lo, dtype=d.dtype, device=d.device)
@@ -402,7 +359,7 @@ def nbdpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0, cli
     The value equals :func:`dpo`'s (bit-identical here); ``dL/dlogp_chosen`` is lam times DPO's.
     """
     lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    lam = nbdpo_lambda(lc, lr, clip, symmetric)
+    lam = _nb_lambda(lc, lr, clip, symmetric)
     lc_det = lc.detach()
     lc_scaled = lc_det + lam * (lc - lc_det)  # value == lc exactly; gradient lam
     return -F.logsigmoid(beta * ((lc_scaled - rc) - (lr - rr)))
@@ -411,7 +368,7 @@ def nbdpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0, cli
 def nbdpo_v2(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0, clip=0.5, symmetric=False) -> torch.Tensor:
     """Naive balanced DPO v2, 004 eq. 27: ``-log s(beta [lam h+ - h-])``, lam of eq. 26 (detached)."""
     lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    lam = nbdpo_lambda(lc, lr, clip, symmetric)
+    lam = _nb_lambda(lc, lr, clip, symmetric)
     return -F.logsigmoid(beta * (lam * (lc - rc) - (lr - rr)))
 
 
@@ -422,59 +379,243 @@ def bdpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0) -> t
     return -F.logsigmoid(beta * (lw * (lc - rc) - (1.0 - lw) * (lr - rr)))
 
 
-_RAW: dict[str, Callable[..., torch.Tensor]] = {
-    "dpo": dpo,
-    "flex_dpo": flex_dpo,
-    "sft_dpo": sft_dpo,
-    "ipo": ipo,
-    "slic": slic,
-    "dpop": dpop,
-    "nbdpo": nbdpo,
-    "nbdpo_v2": nbdpo_v2,
-    "bdpo": bdpo,
-}
+# ----------------------------------------------------------------------------- the registry
+#: The signature every loss has: ``fn(logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params)``.
+SIGNATURE = "fn(logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params) -> per-pair Tensor"
 
 
-def _registered(name: str, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def wrapped(logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params):
-        return fn(logp_chosen, logp_rejected, ref_chosen, ref_rejected, **check_loss_params(name, **params))
+@dataclass(frozen=True, eq=False)
+class Loss:
+    """One registered loss: its name, the unchecked function ``fn`` (module docstring's signature), the
+    allowed values of its parameters, its source and its detached quantities.
 
-    wrapped.__name__ = name
-    wrapped.__qualname__ = name
-    wrapped.__doc__ = fn.__doc__
-    wrapped.__wrapped__ = fn  # type: ignore[attr-defined]
-    return wrapped
+    Calling a ``Loss`` validates the parameters and fills in the defaults (:meth:`check`) on every call:
+    the safe entry point for a single evaluation. A loop that calls the loss many times (the toy trainer,
+    the fields) checks the parameters once with :meth:`check` and then calls ``fn`` directly.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    params: Mapping[str, ParamRange] = field(default_factory=dict)
+    source: str = ""
+    detached: tuple[str, ...] = ()
+    builtin: bool = False
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {k: r.default for k, r in self.params.items()}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "__doc__", self.fn.__doc__)   # help(losses.dpo) shows the loss's docstring
+
+    def check(self, **params: Any) -> dict[str, Any]:
+        """``params`` validated (one-line ``ValueError`` naming the loss and the parameter), defaults filled."""
+        for key in params:
+            if key not in self.params:
+                raise ValueError(f"{self.name}: unknown parameter {key!r}; allowed: {', '.join(self.params) or 'none'}")
+        return {key: (rng.check(self.name, key, params[key]) if key in params else rng.default)
+                for key, rng in self.params.items()}
+
+    def __call__(self, logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params) -> torch.Tensor:
+        return self.fn(logp_chosen, logp_rejected, ref_chosen, ref_rejected, **self.check(**params))
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name!r}, params={self.defaults})"
 
 
-#: name -> loss function (parameters validated by :func:`check_loss_params` on every call).
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {name: _registered(name, fn) for name, fn in _RAW.items()}
-assert tuple(LOSSES) == LOSS_NAMES
-# The public names are the validated functions too (``dpo(..., beta=-1)`` raises); ``_RAW`` keeps the
-# unchecked ones for the internal calls whose parameters were validated once already.
+def _infer_params(name: str, fn: Callable) -> dict[str, ParamRange]:
+    """The parameters of a user's loss function from its signature: every argument after the four
+    log-probs needs a default, a bool (a flag) or a real number (a finite float, unbounded)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        raise ValueError(f"loss: cannot read the signature of {fn!r}; pass params= to register()") from None
+    args = list(sig.parameters.values())
+    positional = [a for a in args if a.kind in (a.POSITIONAL_ONLY, a.POSITIONAL_OR_KEYWORD)][:4]
+    if len(positional) < 4 and not any(a.kind == a.VAR_POSITIONAL for a in args):
+        raise ValueError(f"loss {name!r}: expected the signature {SIGNATURE}")
+    out = {}
+    for a in args:
+        if a in positional or a.kind in (a.VAR_POSITIONAL, a.VAR_KEYWORD):
+            continue
+        d = a.default
+        if isinstance(d, bool):
+            out[a.name] = ParamRange("bool", d, f"parameter {a.name} of {name}")
+        elif isinstance(d, numbers.Real):
+            out[a.name] = ParamRange("float", float(d), f"parameter {a.name} of {name}")
+        else:
+            raise ValueError(f"loss {name!r}: parameter {a.name!r} needs a number or bool default "
+                             f"(or pass params= to register())")
+    return out
+
+
+def _as_ranges(name: str, params: Mapping[str, Any]) -> dict[str, ParamRange]:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, ParamRange):
+            out[k] = v
+        elif isinstance(v, bool):
+            out[k] = ParamRange("bool", v, f"parameter {k} of {name}")
+        elif isinstance(v, numbers.Real):
+            out[k] = ParamRange("float", float(v), f"parameter {k} of {name}")
+        else:
+            raise ValueError(f"params: expected a ParamRange or a default number/bool for {k!r} of {name!r}, got {v!r}")
+    return out
+
+
+class _Registry(dict):
+    """name -> :class:`Loss`. ``LOSSES["hinge"] = fn`` registers ``fn`` (see :func:`register`)."""
+
+    def __setitem__(self, name: str, fn: Any) -> None:
+        register(name, fn, replace=True)
+
+    def _put(self, loss: Loss) -> None:
+        dict.__setitem__(self, loss.name, loss)
+
+
+#: name -> :class:`Loss`: the book's losses (:data:`LOSS_NAMES`) and any registered with :func:`register`.
+LOSSES: _Registry = _Registry()
+
+
+def register(name: str, fn: Callable[..., torch.Tensor], params: Mapping[str, Any] | None = None, *,
+             source: str = "", detached: Sequence[str] = (), replace: bool = False) -> Loss:
+    """Make ``name`` a loss everywhere (the toy trainer, the fields, the chapters' helpers, the probes).
+
+    ``fn`` has the signature :data:`SIGNATURE` and returns the per-pair loss; ``params`` maps each
+    parameter to a :class:`ParamRange` or just its default (a float: any finite number; a bool). Without
+    ``params`` they are read from ``fn``'s keyword defaults. The book's losses cannot be replaced;
+    re-registering a user's name needs ``replace=True``.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"name: expected a Python identifier, got {name!r}")
+    if isinstance(fn, Loss):
+        fn = fn.fn
+    if not callable(fn):
+        raise ValueError(f"fn: expected a callable {SIGNATURE}, got {fn!r}")
+    old = LOSSES.get(name)
+    if old is not None and (old.builtin or not replace):
+        raise ValueError(f"loss {name!r} is already registered" + ("" if old.builtin else " (pass replace=True)"))
+    ranges = _as_ranges(name, params) if params is not None else _infer_params(name, fn)
+    loss = Loss(name, fn, ranges, source, tuple(detached))
+    LOSSES._put(loss)
+    return loss
+
+
+def get(loss: Any) -> Loss:
+    """The :class:`Loss` for a registered name, a :class:`Loss`, or a plain function with the loss
+    signature (its parameters read from its keyword defaults; its name is the function's name)."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str):
+        try:
+            return LOSSES[loss]
+        except KeyError:
+            pass
+    elif callable(loss):
+        name = getattr(loss, "__name__", type(loss).__name__)
+        return Loss(name, loss, _infer_params(name, loss))
+    raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}, or a function {SIGNATURE}")
+
+
+def names() -> tuple[str, ...]:
+    """Every registered loss name: the book's (:data:`LOSS_NAMES`) first, then the user's."""
+    return tuple(LOSSES)
+
+
+for _name, _fn in (("dpo", dpo), ("flex_dpo", flex_dpo), ("sft_dpo", sft_dpo), ("ipo", ipo), ("slic", slic),
+                   ("dpop", dpop), ("nbdpo", nbdpo), ("nbdpo_v2", nbdpo_v2), ("bdpo", bdpo)):
+    LOSSES._put(Loss(_name, _fn, _PARAMS[_name], _SOURCES[_name], _DETACHED[_name], builtin=True))
+
+#: The book's losses (the zoo of the module docstring), in the book's order. Each has a sympy derivation
+#: (:mod:`prefdyn.symbolic`); losses added with :func:`register` are in :data:`LOSSES`, not here.
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+# The public names are the validated losses (``dpo(..., beta=-1)`` raises; ``dpo.fn`` is unchecked).
 globals().update(LOSSES)
 
 
-def pair_loss(name: str, logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params) -> torch.Tensor:
-    """The per-pair loss ``name`` (see :data:`LOSS_NAMES`); parameters validated, defaults filled."""
-    p = check_loss_params(name, **params)
-    return _RAW[name](logp_chosen, logp_rejected, ref_chosen, ref_rejected, **p)
+class _View(Mapping):
+    """A read-only view of one attribute of every registered :class:`Loss` (follows :func:`register`)."""
+
+    def __init__(self, attr: Callable[[Loss], Any]):
+        self._attr = attr
+
+    def __getitem__(self, name: str) -> Any:
+        return self._attr(LOSSES[name])
+
+    def __iter__(self):
+        return iter(LOSSES)
+
+    def __len__(self) -> int:
+        return len(LOSSES)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
-def logprob_grads(name: str, logp_c, logp_r, ref_c, ref_r, **params) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair ``(dl/dlogp_chosen, dl/dlogp_rejected)`` of loss ``name``, by autograd, vectorised.
+#: name -> {parameter: :class:`ParamRange`}, name -> defaults, name -> source, name -> detached
+#: quantities: views of :data:`LOSSES`.
+LOSS_PARAM_RANGES: Mapping[str, Mapping[str, ParamRange]] = _View(lambda l: l.params)
+LOSS_DEFAULTS: Mapping[str, dict[str, Any]] = _View(lambda l: l.defaults)
+LOSS_SOURCES: Mapping[str, str] = _View(lambda l: l.source)
+DETACHED: Mapping[str, tuple[str, ...]] = _View(lambda l: l.detached)
+
+
+def check_loss_params(name: Any, **params: Any) -> dict[str, Any]:
+    """Validate ``params`` for loss ``name`` (a name, :class:`Loss` or loss function) and return them with
+    the defaults filled in.
+
+    Raises a one-line ``ValueError`` naming the loss/parameter and what is allowed for an unknown loss, an
+    unknown parameter, or a value out of range (e.g. ``beta <= 0``, ``clip < 0``, ``gamma < 0``).
+    """
+    return get(name).check(**params)
+
+
+#: Chapter parameters that hold a loss parameter under another name, book-wide: the Balanced-DPO family's
+#: beta (004 uses beta = 1 where 000 uses 0.1) is ``beta_balanced`` in every chapter that also has DPO's
+#: ``beta``. Every other loss parameter is a chapter parameter of its own name (``delta``, ``lam``, ...).
+CHAPTER_NAMES: dict[tuple[str, str], str] = {
+    ("nbdpo", "beta"): "beta_balanced", ("nbdpo_v2", "beta"): "beta_balanced", ("bdpo", "beta"): "beta_balanced",
+}
+
+
+def chapter_name(loss: str, param: str) -> str:
+    """The chapter parameter that holds ``param`` of ``loss`` (:data:`CHAPTER_NAMES`, else ``param``)."""
+    return CHAPTER_NAMES.get((loss, param), param)
+
+
+def loss_params_from(params: Mapping[str, Any], losses: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Per-loss parameters from a chapter's parameters: each loss parameter is read from the chapter
+    parameter :func:`chapter_name` gives (missing: the loss's default), validated once."""
+    out = {}
+    for n in losses:
+        loss = get(n)
+        out[loss.name] = loss.check(**{k: params[chapter_name(loss.name, k)] for k in loss.params
+                                       if chapter_name(loss.name, k) in params})
+    return out
+
+
+def pair_loss(loss: Any, logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params) -> torch.Tensor:
+    """The per-pair loss ``loss`` (a name, :class:`Loss` or loss function); parameters validated, defaults
+    filled."""
+    return get(loss)(logp_chosen, logp_rejected, ref_chosen, ref_rejected, **params)
+
+
+def logprob_grads(loss: Any, logp_c, logp_r, ref_c, ref_r, **params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair ``(dl/dlogp_chosen, dl/dlogp_rejected)`` of ``loss``, by autograd, vectorised.
 
     The four inputs are broadcast to one shape; one backward pass of ``loss.sum()`` gives every pair's own
     derivatives (pairs do not interact). Detached weights (nbDPO lambda, bDPO lambda_w) are constants, as
     in training. Works under ``torch.no_grad()``. The gradient w.r.t. a probability is
     ``dl/dpi = (dl/dlogp) / pi`` (000 Sec. 3.1 works in pi-space).
     """
-    p = check_loss_params(name, **params)
+    L = get(loss)
+    p = L.check(**params)
     lc, lr, rc, rr = torch.broadcast_tensors(*_tensors(logp_c, logp_r, ref_c, ref_r))
     lc = lc.detach().clone().requires_grad_(True)
     lr = lr.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        loss = _RAW[name](lc, lr, rc.detach(), rr.detach(), **p)
-        gc, gr = torch.autograd.grad(loss.sum(), (lc, lr))
+        value = L.fn(lc, lr, rc.detach(), rr.detach(), **p)
+        gc, gr = torch.autograd.grad(value.sum(), (lc, lr))
     return gc, gr
 
 

@@ -1,15 +1,25 @@
-"""The book's one plotting style: sizes, fonts, and one colour per loss, so every chapter looks alike.
+"""The book's one plotting style and its figure helpers, so every chapter looks alike.
 
 Chapters call :func:`use_style` (done by :func:`prefdyn.chapters.start`) and pick colours with
 :func:`loss_color` and names with ``LOSS_LABELS``. Colours come from the colour-blind-safe Okabe-Ito
-palette plus a few tints for the less common variants.
+palette plus a few tints for the less common variants. The toy chapters' figure plumbing is here too:
+bands over seeds (:func:`plot_band`), role bars and curves of a run (:func:`plot_role_bars`,
+:func:`plot_roles`), the SFT target (:func:`plot_sft_target`) and the phase marks (:func:`mark_steps`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib
+import numpy as np
+
+from . import records, stats
+
+if TYPE_CHECKING:
+    from .toy.space import ToySpec
+    from .toy.train import ToyRun
 
 FIGSIZE = (6.4, 4.0)          # one panel
 FIGSIZE_WIDE = (10.0, 4.0)    # a row of panels
@@ -110,3 +120,123 @@ def small_multiples(n: int, ncols: int = 3, sharex: bool = True, sharey: bool = 
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
+
+
+def plot_band(ax, steps, values, *, label=None, color=None, log: bool = False, level: float = 0.95, **kwargs):
+    """Plot the mean over seeds of ``values [T, seeds]`` with its ``level`` t-interval as a band;
+    ``log=True``: geometric mean and band (``values`` must be > 0), log y-axis."""
+    v = np.asarray(values, dtype=np.float64)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean, lo, hi = stats.curve_ci(np.log10(v), level)
+        with np.errstate(over="ignore"):
+            mean, lo, hi = np.power(10.0, mean), np.power(10.0, lo), np.power(10.0, hi)
+        ax.set_yscale("log")
+    else:
+        mean, lo, hi = stats.curve_ci(v, level)
+    (line,) = ax.plot(steps, mean, label=label, color=color, **kwargs)
+    ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
+    return line
+
+
+#: Short tick labels of the responses aligned by their role for a prompt (:func:`role_probs` order).
+ROLE_TICKS = {"chosen": "a+", "other": "o", "rejected": "r", "unseen": "u"}
+
+#: Legend labels of the roles in the toy figures.
+ROLE_LABELS = {"chosen": "π(chosen)", "rejected": "π(one rejected)", "other": "other prompts' optimal",
+               "unseen": "unseen (9-10)"}
+
+
+def role_order(spec: "ToySpec") -> list[str]:
+    """The role of each response in :func:`role_probs` order: chosen, other..., rejected..., unseen..."""
+    return ["chosen"] + ["other"] * (spec.n_prompts - 1) + ["rejected"] * spec.n_rejected + ["unseen"] * spec.n_unseen
+
+
+def plot_sft_target(ax, target, spec: "ToySpec", *, colorbar: bool = True):
+    """The SFT target ``[P, R]`` as an image: rows prompts, columns responses, boxes on each prompt's
+    optimal response, lines between the chosen, rejected and unseen blocks."""
+    import matplotlib.pyplot as plt
+
+    t = np.asarray(target, dtype=np.float64)
+    im = ax.imshow(t, cmap="Greens", vmin=0, vmax=max(0.2, float(t.max())), aspect="auto")
+    ax.set_xticks(range(spec.n_responses), [str(r + 1) for r in range(spec.n_responses)])
+    ax.set_yticks(range(spec.n_prompts), [f"prompt {p + 1}" for p in range(spec.n_prompts)])
+    for p in range(spec.n_prompts):
+        ax.add_patch(plt.Rectangle((p - 0.5, p - 0.5), 1, 1, fill=False, ec="k", lw=1.5))
+    for edge in (spec.rejected_block.start, spec.unseen_block.start):
+        ax.axvline(edge - 0.5, color="k", lw=0.8)
+    ax.set_xlabel("response (1-4 chosen block, 5-8 rejected, 9-10 unseen)")
+    ax.grid(False)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, shrink=0.9, label="target π(a|x)")
+    return im
+
+
+def plot_role_bars(ax, run: "ToyRun", config: int | str = 0, when: Sequence[int] = (0, -1),
+                   labels: Sequence[str] | None = None, *, ticks: bool | str = True):
+    """Bars of :func:`role_probs` at the records ``when`` (side by side; earlier ones paler), coloured by
+    role; x ticks a+ (the prompt's optimal), o (other prompts' optimal), r (rejected), u (unseen): one per
+    bar, or ``ticks="groups"`` one per role (for narrow panels), or ``False`` for none."""
+    roles = role_order(run.spec)
+    colors = [ROLE_COLORS[r] for r in roles]
+    x = np.arange(len(roles))
+    k = len(when)
+    width = 0.8 / k
+    for i, w in enumerate(when):
+        alpha = 1.0 if i == k - 1 else 0.45
+        ax.bar(x + (i - (k - 1) / 2) * width, records.role_probs(run, config, w), width, color=colors, alpha=alpha,
+               label=None if labels is None else labels[i])
+    if ticks == "groups":
+        groups = list(dict.fromkeys(roles))
+        ax.set_xticks([float(np.mean([i for i, r in enumerate(roles) if r == g])) for g in groups],
+                      [ROLE_TICKS[g] for g in groups])
+    elif ticks:
+        ax.set_xticks(x, [ROLE_TICKS[r] for r in roles])
+    return ax
+
+
+#: Legend labels and colours (by role) of the recorded gradient magnitudes.
+GRAD_LABELS = {"grad_chosen": "|∂ℓ/∂π+|", "grad_rejected": "|∂ℓ/∂π−|"}
+_RECORD_ROLE = {"grad_chosen": "chosen", "grad_rejected": "rejected", "log_chosen": "chosen",
+                "log_rejected": "rejected", "rejected_mass": "rejected"}
+
+
+def plot_roles(ax, run: "ToyRun", config: int | str = 0, roles: Sequence[str] = ("chosen", "other"), *,
+               log: bool = False, labels: Mapping[str, str] | None = None):
+    """Bands (mean over seeds, 95% interval) of the records ``roles`` (:data:`prefdyn.records.RECORDS`) of one
+    configuration over training, coloured by role (a gradient record takes its side's colour);
+    ``log=True`` for quantities that collapse (geometric mean, log axis)."""
+    labels = {**ROLE_LABELS, **GRAD_LABELS, **(labels or {})}
+    for name in roles:
+        plot_band(ax, run.steps, run.record(name, config), label=labels.get(name, name),
+                  color=ROLE_COLORS.get(_RECORD_ROLE.get(name, name)), log=log)
+    return ax
+
+
+#: Line styles of :func:`mark_steps`: the detected phase steps of 000 Sec. 3.2.2.
+STEP_MARKS = {
+    "grad_ratio_10_step": ("ratio passes 10", (0, (4, 2))),
+    "grad_ratio_100_step": ("ratio passes 100", (0, (6, 2, 1, 2))),
+    "peak_chosen_step": ("peak of π(chosen)", (0, (1, 1.5))),
+}
+
+
+def mark_steps(ax, summary_cfg: Mapping[str, Mapping[str, float]], keys: Sequence[str] = tuple(STEP_MARKS),
+               label: bool = False):
+    """Vertical lines at the seed means of the step indicators ``keys`` (styles of :data:`STEP_MARKS`);
+    ``label=True`` gives them legend entries."""
+    for key in keys:
+        text, ls = STEP_MARKS[key]
+        v = summary_cfg[key]["mean"]
+        if v is not None and np.isfinite(v):
+            ax.axvline(v, color="0.25", lw=0.9, ls=ls, label=text if label else None)
+    return ax
+
+
+def step_legend(fig, keys: Sequence[str] = tuple(STEP_MARKS), **kwargs):
+    """A figure-level legend of the :func:`mark_steps` lines, below the panels (outside the data)."""
+    import matplotlib.lines as mlines
+
+    handles = [mlines.Line2D([], [], color="0.25", lw=0.9, ls=STEP_MARKS[k][1], label=STEP_MARKS[k][0])
+               for k in keys]
+    return fig.legend(handles=handles, **{"loc": "outside lower center", "ncols": len(handles), **kwargs})

@@ -18,8 +18,8 @@ model of :mod:`prefdyn.toy` (same space, same SFT policy pi_0, same preference p
 (c) :func:`rlhf_ppo` - PPO-clip (Schulman et al. 2017, [24] of 000) with responses sampled from the policy,
     the KL penalty folded into the reward as in InstructGPT ([21] of 000).
 
-Every run is a :class:`prefdyn.toy.ToyRun` with the records of :data:`prefdyn.toy.RECORDS` (plus extra
-ones, :data:`EXTRA_RECORDS`), so :func:`prefdyn.toy.member_indicators` and :func:`prefdyn.toy.summarise`
+Every run is a :class:`prefdyn.toy.ToyRun` with the records of :data:`prefdyn.records.RECORDS` (plus extra
+ones, :data:`EXTRA_RECORDS`), so :func:`prefdyn.records.member_indicators` and :func:`prefdyn.records.summarise`
 give the same indicators (peak / final pi(chosen), pi(rejected), unseen mass, gradient ratio) as for DPO.
 
 Choices (the paper gives no toy set-up for Sec. 4; these are ours)
@@ -68,9 +68,11 @@ import numpy as np
 import torch
 
 from . import losses as L
-from . import toy
-from .toy import (BatchedPolicy, ToyConfig, ToyRun, ToySpec, make_optimizer, make_policy, sample_rejected,
-                  sft)
+from . import records
+from .device import cpu_settings, resolve_device
+from .toy import (OPTIMIZERS, POLICIES, BatchedPolicy, ToyConfig, ToyRun, ToySpec, as_seeds, hash_keys,
+                  make_optimizer, make_policy, resolve_init, sample_rejected, sft)
+from .validate import check_choice, check_int, check_positive
 
 __all__ = [
     "METHODS", "BASELINES", "EXTRA_RECORDS", "RLHFRun",
@@ -86,7 +88,7 @@ METHODS = ("reward_model", "rlhf_exact", "rlhf_ppo")
 #: PPO baselines (see the module docstring).
 BASELINES = ("loo", "exact", "none")
 
-#: Records beyond :data:`prefdyn.toy.RECORDS` (per step and member).
+#: Records beyond :data:`prefdyn.records.RECORDS` (per step and member).
 EXTRA_RECORDS = {
     "reward": "E_pi[r(x,a)] under the method's policy, mean over prompts (r = the final reward model for "
               "the policies, the current one for the reward model)",
@@ -132,9 +134,7 @@ class RLHFRun(ToyRun):
 # ================================================================================================
 
 def _check_beta(beta) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating)) or not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta: expected a finite number > 0, got {beta!r}")
-    return float(beta)
+    return check_positive("beta", beta)
 
 
 def kl_optimal_log_probs(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
@@ -188,12 +188,6 @@ def _reward_tensor(reward, policy: BatchedPolicy) -> torch.Tensor:
     return t.detach().clone()
 
 
-def _check_positive(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name}: expected a finite number > 0, got {v!r}")
-    return float(v)
-
-
 def _check_policy(policy) -> None:
     if not isinstance(policy, BatchedPolicy):
         raise ValueError(f"policy: expected a prefdyn.toy BatchedPolicy (MLPPolicy or TabularPolicy), got {type(policy).__name__}")
@@ -212,7 +206,7 @@ class _Recorder:
 
     def put(self, t: int, **values) -> None:
         i = self.slot[t]
-        for side in ("chosen", "rejected"):        # toy.RECORDS' log-space copies of the gradient sizes
+        for side in ("chosen", "rejected"):        # records.RECORDS' log-space copies of the gradient sizes
             if f"grad_{side}" in values and f"log_grad_{side}" in self.out:
                 values.setdefault(f"log_grad_{side}", torch.log(values[f"grad_{side}"].double()))
         for k, v in values.items():
@@ -221,18 +215,6 @@ class _Recorder:
     def numpy(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         return ({k: v.to(torch.float64).cpu().numpy() for k, v in self.out.items()},
                 np.asarray(self.steps))
-
-
-def _role_records(spec: ToySpec, probs: torch.Tensor, w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """chosen / rejected / rejected_mass / other / unseen of :data:`prefdyn.toy.RECORDS` from ``[M, P, R]``."""
-    rm = (probs * w["rejected"]).sum(-1).mean(-1)
-    return {
-        "chosen": (probs * w["chosen"]).sum(-1).mean(-1),
-        "rejected": rm / spec.n_rejected,
-        "rejected_mass": rm,
-        "other": (probs * w["other"]).sum(-1).mean(-1),
-        "unseen": (probs * w["unseen"]).sum(-1).mean(-1),
-    }
 
 
 def _reward_records(spec: ToySpec, reward: torch.Tensor, w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -250,10 +232,7 @@ def _policy_state_records(spec, logp, ref_logp, reward, beta, w) -> dict[str, to
     p = logp.exp()
     opt_logp = torch.log_softmax(ref_logp + reward / beta, dim=-1)
     J = kl_objective(logp, ref_logp, reward, beta)
-    out = _role_records(spec, p, w)
-    rb = spec.rejected_block                      # toy.RECORDS' log-space columns, same definitions
-    out["log_chosen"] = logp.diagonal(dim1=1, dim2=2).mean(-1)
-    out["log_rejected"] = (torch.logsumexp(logp[..., rb.start: rb.stop], -1) - math.log(spec.n_rejected)).mean(-1)
+    out = dict(zip(records.STATE_COLUMNS, records.state_columns(spec, logp, records.role_weights(spec, logp.device)).unbind(1)))
     out.update(
         reward=(p * reward).sum(-1).mean(-1),
         kl=(p * (logp - ref_logp)).sum(-1).mean(-1),
@@ -266,15 +245,14 @@ def _policy_state_records(spec, logp, ref_logp, reward, beta, w) -> dict[str, to
 
 
 def _policy_grad_records(logp, ref_logp, reward, beta, pos_idx, neg_idx) -> dict[str, torch.Tensor]:
-    """dl/dpi = -A on the pairs (pos_idx, neg_idx) ``[M, P, K]`` (see the module docstring)."""
+    """The gradient columns of :func:`prefdyn.records.gradient_columns` on the pairs (pos_idx, neg_idx)
+    ``[M, P, K]``, with dl/dpi = -A (see the module docstring), i.e. dl/dlog pi = -pi A."""
+    M = logp.shape[0]
     A = soft_advantage(logp, ref_logp, reward, beta)
-    d_pos, d_neg = -A.gather(2, pos_idx), -A.gather(2, neg_idx)
-    p_pos, p_neg = logp.gather(2, pos_idx).exp(), logp.gather(2, neg_idx).exp()
-    return {
-        "grad_chosen": d_pos.abs().mean(dim=(1, 2)), "grad_rejected": d_neg.abs().mean(dim=(1, 2)),
-        "dpi_chosen": d_pos.mean(dim=(1, 2)), "dpi_rejected": d_neg.mean(dim=(1, 2)),
-        "dlogp_chosen": (p_pos * d_pos).mean(dim=(1, 2)), "dlogp_rejected": (p_neg * d_neg).mean(dim=(1, 2)),
-    }
+    d = torch.stack([-A.gather(2, pos_idx).reshape(M, -1), -A.gather(2, neg_idx).reshape(M, -1)], dim=1)
+    lp = torch.stack([logp.gather(2, pos_idx).reshape(M, -1), logp.gather(2, neg_idx).reshape(M, -1)], dim=1)
+    cols = records.gradient_columns(lp.exp() * d, lp)                                    # [M, 2, P*K] in
+    return dict(zip(records.GRADIENT_COLUMNS, cols.unbind(1)))
 
 
 def _make_run(policy: BatchedPolicy, name: str, recorder: _Recorder, *, ref_logp, reward, final_logp, beta,
@@ -312,12 +290,12 @@ def _pairs(policy: BatchedPolicy, steps: int, pairs_per_prompt: int, chunk: int 
 
 
 def _cpu(device: torch.device, threads):
-    """:class:`prefdyn.toy.cpu_settings` on the CPU (``threads`` intra-op threads, subnormals flushed), as
+    """:class:`prefdyn.device.cpu_settings` on the CPU (``threads`` intra-op threads, subnormals flushed), as
     :func:`prefdyn.toy.run_grid` trains, so the same seeds give the same numbers; nothing on CUDA."""
     if threads is not None:
-        toy.check_int("threads", threads, 1)
+        check_int("threads", threads, 1)
     cpu = torch.device(device).type == "cpu"
-    return toy.cpu_settings(threads if cpu else None, flush_denormal=cpu)
+    return cpu_settings(threads if cpu else None, flush_denormal=cpu)
 
 
 def _bar(steps: int, desc: str, progress: bool):
@@ -371,8 +349,7 @@ def train_reward_model(ref_policy: BatchedPolicy, *, beta: float = 0.1, kind: st
     _check_policy(ref_policy)
     beta = _check_beta(beta)
     _check_run_args(steps, pairs_per_prompt, record_every, lr)
-    if kind not in toy.POLICIES:
-        raise ValueError(f"kind: expected one of {', '.join(toy.POLICIES)}, got {kind!r}")
+    check_choice("kind", kind, POLICIES)
     _check_optimizer(optimizer)
     spec, dev, dt = ref_policy.spec, ref_policy.device, ref_policy.dtype
     M, P, K = ref_policy.members, spec.n_prompts, pairs_per_prompt
@@ -383,7 +360,7 @@ def train_reward_model(ref_policy: BatchedPolicy, *, beta: float = 0.1, kind: st
     leaves = rm.param_list()
     opt = make_optimizer(optimizer, leaves, lr)
     w = {k: v.to(torch.float64) for k, v in spec.role_masks(device=dev).items()}
-    rec = _Recorder(list(toy.RECORDS) + list(EXTRA_RECORDS), steps, record_every, M, dev, torch.float64)
+    rec = _Recorder(list(records.RECORDS) + list(EXTRA_RECORDS), steps, record_every, M, dev, torch.float64)
     n_pairs = P * K
     ref64 = ref_logp.double()
     pairs = _pairs(ref_policy, steps, K)
@@ -431,15 +408,14 @@ def train_reward_model(ref_policy: BatchedPolicy, *, beta: float = 0.1, kind: st
 
 def _check_run_args(steps, pairs_per_prompt, record_every, lr) -> None:
     """The arguments every optimiser of this module shares, each checked with a one-line ValueError."""
-    toy.check_int("steps", steps, 0)
-    toy.check_int("pairs_per_prompt", pairs_per_prompt, 1)
-    toy.check_int("record_every", record_every, 1)
-    _check_positive("lr", lr)
+    check_int("steps", steps, 0)
+    check_int("pairs_per_prompt", pairs_per_prompt, 1)
+    check_int("record_every", record_every, 1)
+    check_positive("lr", lr)
 
 
 def _check_optimizer(optimizer: str) -> None:
-    if optimizer not in toy.OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {', '.join(toy.OPTIMIZERS)}, got {optimizer!r}")
+    check_choice("optimizer", optimizer, OPTIMIZERS)
 
 
 def _policy_setup(policy: BatchedPolicy, reward, *, steps: int, lr: float, optimizer: str, record_every: int,
@@ -454,7 +430,7 @@ def _policy_setup(policy: BatchedPolicy, reward, *, steps: int, lr: float, optim
     leaves = pol.param_list()
     opt = make_optimizer(optimizer, leaves, lr)
     w = {k: v.to(torch.float64) for k, v in pol.spec.role_masks(device=pol.device).items()}
-    rec = _Recorder(list(toy.RECORDS) + list(EXTRA_RECORDS), steps, record_every, pol.members, pol.device,
+    rec = _Recorder(list(records.RECORDS) + list(EXTRA_RECORDS), steps, record_every, pol.members, pol.device,
                     torch.float64)
     return r, pol, ref_logp, leaves, opt, w, rec, _pairs(pol, steps, pairs_per_prompt)
 
@@ -465,7 +441,7 @@ def rlhf_exact(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int =
     """Gradient ascent on the exact 000 eq. 4, ``J = mean_x sum_a pi(a|x) [r(x,a) - beta log pi(a|x)/pi_0(a|x)]``.
 
     ``policy`` is the fitted pi_0 (not modified: a copy is trained); ``reward`` ``[P, R]`` or ``[M, P, R]``
-    (e.g. ``train_reward_model(...).rewards``). Records :data:`prefdyn.toy.RECORDS` (``loss`` = -J,
+    (e.g. ``train_reward_model(...).rewards``). Records :data:`prefdyn.records.RECORDS` (``loss`` = -J,
     gradients = -A on the DPO chapters' pairs) and :data:`EXTRA_RECORDS`.
     """
     _check_policy(policy)
@@ -505,7 +481,7 @@ def rlhf_exact(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int =
 # (c) PPO-clip with sampled responses
 # ================================================================================================
 
-_PPO_STREAM = 3   # toy.py uses stream 1 (initial weights) and 2 (rejected responses of the pairs)
+_PPO_STREAM = 3   # prefdyn.toy uses stream 1 (initial weights) and 2 (rejected responses of the pairs)
 
 
 def gumbel_sample(logp: torch.Tensor, seeds: torch.Tensor, rollout: int, samples: int) -> torch.Tensor:
@@ -517,7 +493,7 @@ def gumbel_sample(logp: torch.Tensor, seeds: torch.Tensor, rollout: int, samples
     """
     M, P, R = logp.shape
     dev = logp.device
-    h = toy.hash_keys(seeds.to(dev).view(M, 1, 1, 1), _PPO_STREAM, int(rollout),
+    h = hash_keys(seeds.to(dev).view(M, 1, 1, 1), _PPO_STREAM, int(rollout),
                        torch.arange(P, device=dev).view(1, P, 1, 1),
                        torch.arange(samples, device=dev).view(1, 1, samples, 1),
                        torch.arange(R, device=dev).view(1, 1, 1, R))
@@ -539,9 +515,9 @@ def rlhf_ppo(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int = 1
     _check_policy(policy)
     beta = _check_beta(beta)
     _check_run_args(steps, pairs_per_prompt, record_every, lr)
-    toy.check_int("samples", samples, 1)
-    toy.check_int("epochs", epochs, 1)
-    clip = _check_positive("clip", clip)
+    check_int("samples", samples, 1)
+    check_int("epochs", epochs, 1)
+    clip = check_positive("clip", clip)
     if baseline not in BASELINES:
         raise ValueError(f"baseline: expected one of {', '.join(BASELINES)}, got {baseline!r}")
     if baseline == "loo" and samples < 2:
@@ -609,11 +585,11 @@ def fitted_policy(seeds=32, *, spec: ToySpec | None = None, init=None, policy: s
     spec = ToySpec() if spec is None else spec
     if not isinstance(spec, ToySpec):
         raise ValueError(f"spec: expected a ToySpec, got {type(spec).__name__}")
-    toy.check_int("sft_steps", sft_steps, 0)
-    _check_positive("sft_lr", sft_lr)
-    target = toy.resolve_init(spec, init)
-    dev = toy.resolve_device(device)
-    pol = make_policy(policy, spec, toy.as_seeds(seeds), hidden=hidden, activation=activation, device=dev,
+    check_int("sft_steps", sft_steps, 0)
+    check_positive("sft_lr", sft_lr)
+    target = resolve_init(spec, init)
+    dev = resolve_device(device)
+    pol = make_policy(policy, spec, as_seeds(seeds), hidden=hidden, activation=activation, device=dev,
                       dtype=dtype)
     with _cpu(dev, threads):
         fit = sft(pol, target.to(dev), steps=sft_steps, lr=sft_lr)
@@ -639,23 +615,21 @@ def run_rlhf(seeds=32, *, spec: ToySpec | None = None, init=None, policy: str = 
     beta = _check_beta(beta)
     for name, v in (("steps", steps), ("pairs_per_prompt", pairs_per_prompt), ("samples", samples),
                     ("epochs", epochs), ("record_every", record_every), ("sft_steps", sft_steps)):
-        toy.check_int(name, v, 0 if name in ("steps", "sft_steps") else 1)
+        check_int(name, v, 0 if name in ("steps", "sft_steps") else 1)
     rm_steps = steps if rm_steps is None else rm_steps
-    toy.check_int("rm_steps", rm_steps, 0)
+    check_int("rm_steps", rm_steps, 0)
     rm_lr = lr if rm_lr is None else rm_lr
     for name, v in (("lr", lr), ("rm_lr", rm_lr), ("clip", clip), ("sft_lr", sft_lr)):
-        _check_positive(name, v)
-    if policy not in toy.POLICIES:
-        raise ValueError(f"policy: expected one of {', '.join(toy.POLICIES)}, got {policy!r}")
-    if rm_kind not in toy.POLICIES:
-        raise ValueError(f"rm_kind: expected one of {', '.join(toy.POLICIES)}, got {rm_kind!r}")
+        check_positive(name, v)
+    check_choice("policy", policy, POLICIES)
+    check_choice("rm_kind", rm_kind, POLICIES)
     _check_optimizer(optimizer)
     if baseline not in BASELINES:
         raise ValueError(f"baseline: expected one of {', '.join(BASELINES)}, got {baseline!r}")
     if baseline == "loo" and samples < 2:
         raise ValueError(f"samples: the 'loo' baseline needs at least 2 samples per prompt, got {samples!r}")
     if threads is not None:
-        toy.check_int("threads", threads, 1)
+        check_int("threads", threads, 1)
 
     pol, fit = fitted_policy(seeds, spec=spec, init=init, policy=policy, hidden=hidden, activation=activation,
                              sft_steps=sft_steps, sft_lr=sft_lr, device=device, dtype=dtype, threads=threads)
@@ -684,7 +658,7 @@ def run_rlhf(seeds=32, *, spec: ToySpec | None = None, init=None, policy: str = 
 # ================================================================================================
 
 #: The indicators the chapter summarises: the toy chapters' key indicators, then four of its own.
-KEYS = tuple(toy.KEY_INDICATORS) + ("rejected_log_decline_rate", "unseen_gain", "grad_ratio_initial",
+KEYS = tuple(records.KEY_INDICATORS) + ("rejected_log_decline_rate", "unseen_gain", "grad_ratio_initial",
                                     "log10_max_grad_rejected")
 
 #: Roles of the responses, in the order the chapter shows them.
@@ -692,20 +666,20 @@ ROLES = ("chosen", "rejected", "other", "unseen")
 
 
 def member_indicators(run: ToyRun, rate_window: int = 50) -> dict[str, np.ndarray]:
-    """:func:`prefdyn.toy.member_indicators` plus ``log10_max_grad_rejected``: log10 of the largest
+    """:func:`prefdyn.records.member_indicators` plus ``log10_max_grad_rejected``: log10 of the largest
     recorded ``|dl/dpi-|`` over training, per member (in reward space, ``|dl/dr-|``, for the reward model)."""
-    ind = toy.member_indicators(run, rate_window=rate_window)
+    ind = records.member_indicators(run, rate_window=rate_window)
     ind["log10_max_grad_rejected"] = np.max(run.records["log_grad_rejected"], axis=0) / math.log(10.0)
     return ind
 
 
 def summarise_runs(runs, rate_window: int = 50, level: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
     """``{name: summary}`` for runs of one configuration each (all members are that configuration's seeds),
-    with the summary of :func:`prefdyn.toy.summarise_members` over :func:`member_indicators`."""
+    with the summary of :func:`prefdyn.records.summarise_members` over :func:`member_indicators`."""
     out = {}
     for name, run in runs.items():
         ind = member_indicators(run, rate_window=rate_window)
-        out[name] = toy.summarise_members(ind, np.arange(len(run.member_seed)), level)
+        out[name] = records.summarise_members(ind, np.arange(len(run.member_seed)), level)
     return out
 
 

@@ -11,7 +11,7 @@ that nothing scrolls sideways on a laptop screen (the browser test checks it). T
 both are deterministic: no ids, no timestamps.
 
 Build tables with :meth:`Table.from_rows` (rows of cells), :meth:`Table.indicators` (indicators down,
-configurations across, from summaries of :func:`prefdyn.toy.summarise`) or :meth:`Table.transposed`.
+configurations across, from summaries of :func:`prefdyn.records.summarise`) or :meth:`Table.transposed`.
 """
 
 from __future__ import annotations

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import math
 
+from ..losses import LOSS_NAMES
 from ..regression import EXACT, Tol, Tolerances
-from .params import Chapter, Param, ParameterError
+from .params import Chapter, Param, ParameterError, loss_params
+
+#: The book's losses (:data:`prefdyn.losses.LOSS_NAMES`): the choices of the theory chapters' ``losses``.
+BOOK_LOSSES = list(LOSS_NAMES)
 
 CHAPTERS: dict[str, Chapter] = {}
 
@@ -74,18 +78,11 @@ register(Chapter(
     part="1 Theory",
     params=[
         Param("losses", "list[str]", ["dpo", "flex_dpo", "sft_dpo", "ipo", "slic", "dpop", "nbdpo", "nbdpo_v2", "bdpo"],
-              "the losses compared (prefdyn.losses.LOSS_NAMES)",
-              choices=["dpo", "flex_dpo", "sft_dpo", "ipo", "slic", "dpop", "nbdpo", "nbdpo_v2", "bdpo"]),
-        Param("beta", "float", 0.1, "beta of dpo, sft_dpo, ipo (000's eta) and dpop (000 App. D.1)", low=0.0, low_open=True, high=100.0),
-        Param("beta_chosen", "float", 0.1, "flex-beta DPO beta+ on the chosen log-ratio (000 Table 10)", low=0.0, low_open=True, high=100.0),
-        Param("beta_rejected", "float", 0.01, "flex-beta DPO beta- on the rejected log-ratio (000 Table 10)", low=0.0, low_open=True, high=100.0),
-        Param("gamma", "float", 0.1, "SFT weight gamma of sft_dpo (000 eq. 7)", low=0.0, high=100.0),
-        Param("delta", "float", 5.0, "SLiC hinge margin delta (000 eq. 11, App. D.1)", low=0.0, high=100.0),
-        Param("eta", "float", 0.1, "SLiC SFT weight eta (000 eq. 11, App. D.1)", low=0.0, high=100.0),
-        Param("lam", "float", 50.0, "DPOP penalty weight lambda (Pal et al. 2024)", low=0.0, high=1000.0),
-        Param("beta_balanced", "float", 1.0, "beta of nbdpo, nbdpo_v2 and bdpo (004 App. B)", low=0.0, low_open=True, high=100.0),
-        Param("clip", "float", 0.5, "nbDPO clip = Delta lambda_max (004 eq. 26, App. B)", low=0.0, high=100.0),
-        Param("symmetric", "bool", False, "symmetric nbDPO clipping, Delta lambda_min = 1/(1+clip) - 1 (004 Sec. 5.1)"),
+              "the losses compared (prefdyn.losses.LOSS_NAMES)", choices=BOOK_LOSSES),
+        # the losses' parameters, declared from the loss registry (prefdyn.losses; one name per parameter
+        # across the book, chapter_name): beta, beta_chosen, beta_rejected, gamma, delta, eta, lam,
+        # beta_balanced (nbdpo, nbdpo_v2, bdpo; 004 App. B: 1), clip, symmetric
+        *loss_params(BOOK_LOSSES),
         Param("pi_chosen", "float", 0.12, "pi+ held fixed along the path (000 Sec. 3.2.2 starts at 0.12)", low=0.0, low_open=True, high=1.0, high_open=True),
         Param("ref_chosen", "float", 0.12, "reference probability pi_0+ of the chosen response", low=0.0, low_open=True, high=1.0, high_open=True),
         Param("ref_rejected", "float", 0.12, "reference probability pi_0- of the rejected response; the path starts here", low=0.0, low_open=True, high=1.0, high_open=True),
@@ -105,16 +102,10 @@ register(Chapter(
     params=[
         Param("losses", "list[str]", ["dpo", "flex_dpo", "sft_dpo", "ipo", "slic", "dpop", "nbdpo", "bdpo", "reward_model"],
               "losses drawn as small multiples (reward_model in reward coordinates); all but reward_model are also flowed, DPO always",
-              choices=["dpo", "flex_dpo", "sft_dpo", "ipo", "slic", "dpop", "nbdpo", "nbdpo_v2", "bdpo", "reward_model"]),
-        Param("beta", "float", 0.1, "β of every loss that has one (dpo, sft_dpo, ipo, dpop, nbdpo, nbdpo_v2, bdpo); 002 Fig. 1 uses it for DPO", low=0.0, low_open=True, high=100.0),
-        Param("beta_chosen", "float", 0.1, "flex-β DPO: β+ on the chosen log-ratio (000 App. B.2.1)", low=0.0, low_open=True, high=100.0),
-        Param("beta_rejected", "float", 0.01, "flex-β DPO: β− on the rejected log-ratio (000 App. B.2.1)", low=0.0, low_open=True, high=100.0),
-        Param("gamma", "float", 0.1, "SFT-DPO: weight γ of the SFT term −log π+ (000 eq. 7)", low=0.0, high=100.0),
-        Param("slic_delta", "float", 5.0, "SLiC: hinge margin δ (000 eq. 11)", low=0.0, high=1000.0),
-        Param("slic_eta", "float", 0.1, "SLiC: weight η of the SFT term −log π+ (000 eq. 11)", low=0.0, high=100.0),
-        Param("dpop_lambda", "float", 50.0, "DPOP: penalty weight λ on max(0, log π0+ − log π+) (Pal et al. 2024)", low=0.0, high=10000.0),
-        Param("nbdpo_clip", "float", 0.5, "nbDPO (and v2): Δλ_max of 004 eq. 26", low=0.0, high=100.0),
-        Param("nbdpo_symmetric", "bool", False, "nbDPO (and v2): symmetric clipping of λ (004 Sec. 5.1)"),
+              choices=BOOK_LOSSES + ["reward_model"]),
+        # the losses' parameters from the loss registry, as in `gradients`; beta_balanced defaults to 0.1
+        # here (002 Fig. 1's beta for every loss), so the balanced losses are drawn at DPO's temperature
+        *loss_params(BOOK_LOSSES, defaults={"beta_balanced": 0.1}),
         Param("ref_chosen", "float", 1.0, "reference probability π_ref(a+); 002 footnote 2 sets both to 1", low=0.0, low_open=True, high=1.0),
         Param("ref_rejected", "float", 1.0, "reference probability π_ref(a−)", low=0.0, low_open=True, high=1.0),
         Param("flow_reference", "str", "fixed", "reference of the flows: fixed (ref_chosen, ref_rejected) or start (π_ref = the start, as when the SFT model is the reference)", choices=["fixed", "start"]),

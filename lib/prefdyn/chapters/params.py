@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from ..validate import Range
+
 TYPES = ("float", "int", "bool", "str", "list[str]", "list[float]", "list[int]")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -30,7 +32,7 @@ class ParameterError(ValueError):
 
 @dataclass(frozen=True)
 class Param:
-    """One chapter parameter.
+    """One chapter parameter (a loss parameter is declared from the loss registry by :func:`loss_param`).
 
     ``low``/``high`` bound numbers (and every item of a numeric list); ``low_open``/``high_open`` make a
     bound strict. ``choices`` restricts a ``str`` (or every item of a ``list[str]``). ``min_len`` is the
@@ -79,15 +81,13 @@ class Param:
             parts.append("from {" + ", ".join(self.choices) + "}")
         return " ".join(parts)
 
+    @property
+    def range(self) -> Range:
+        """The allowed interval of a number (or of every item of a numeric list)."""
+        return Range(self.low, self.high, self.low_open, self.high_open)
+
     def range_text(self) -> str:
-        lo, hi = self.low, self.high
-        if lo is None and hi is None:
-            return ""
-        if lo is not None and hi is not None:
-            return f"in {'(' if self.low_open else '['}{_num(lo)}, {_num(hi)}{')' if self.high_open else ']'}"
-        if lo is not None:
-            return f"{'>' if self.low_open else '>='} {_num(lo)}"
-        return f"{'<' if self.high_open else '<='} {_num(hi)}"
+        return self.range.text()
 
     def default_text(self) -> str:
         return format_value(self.default)
@@ -156,14 +156,49 @@ class Param:
             if isinstance(exc, ParameterError):
                 raise
             raise bad from None
-        if t in ("int", "float"):
-            if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
-                raise bad
-            if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
-                raise bad
+        if t in ("int", "float") and not self.range.contains(v):
+            raise bad
         if self.choices is not None and v not in self.choices:
             raise bad
         return v
+
+
+def loss_param(name: str, losses: Sequence[str], *, default: Any = None, help: str | None = None,
+               type: str | None = None) -> Param:
+    """The chapter parameter ``name`` that holds a loss parameter of ``losses`` (the book-wide name of
+    :func:`prefdyn.losses.chapter_name`, e.g. ``beta``, ``delta``, ``beta_balanced``), declared from the
+    loss registry: its type, range and default (of the first loss that takes it) are the registry's, so a
+    chapter cannot allow what the loss refuses. ``default``/``help`` override the registry's for this
+    chapter; ``type="list[float]"`` declares a sweep over the parameter."""
+    from .. import losses as L
+
+    found = [(loss, k, r) for loss in losses for k, r in L.get(loss).params.items()
+             if L.chapter_name(L.get(loss).name, k) == name]
+    if not found:
+        raise ValueError(f"loss_param: no loss of {list(losses)} has a parameter held by {name!r}")
+    ranges = {r.range for _, _, r in found}
+    if len(ranges) > 1:
+        raise ValueError(f"loss_param: {name!r} has different ranges in {[f'{l}.{k}' for l, k, _ in found]}")
+    loss, key, rng = found[0]
+    users = ", ".join(sorted({l for l, _, _ in found}, key=list(losses).index))
+    return Param(name, type or rng.type, rng.default if default is None else default,
+                 help or f"{rng.help} [{users}]", low=rng.low, high=rng.high, low_open=rng.low_open,
+                 high_open=rng.high_open)
+
+
+def loss_params(losses: Sequence[str], *, defaults: dict[str, Any] | None = None,
+                helps: dict[str, str] | None = None) -> list[Param]:
+    """:func:`loss_param` for every chapter parameter the ``losses`` take, in the order they first appear."""
+    from .. import losses as L
+
+    names: list[str] = []
+    for loss in losses:
+        for k in L.get(loss).params:
+            n = L.chapter_name(L.get(loss).name, k)
+            if n not in names:
+                names.append(n)
+    defaults, helps = defaults or {}, helps or {}
+    return [loss_param(n, losses, default=defaults.get(n), help=helps.get(n)) for n in names]
 
 
 @dataclass(frozen=True)
@@ -244,10 +279,6 @@ def _split_list(value: Any) -> list | None:
     return None
 
 
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
-
-
 def format_value(v: Any) -> str:
     """A parameter value as the command line would take it (lists comma-separated)."""
     if isinstance(v, (list, tuple)):
@@ -255,7 +286,8 @@ def format_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return f"{v:g}"
+        short = f"{v:g}"
+        return short if float(short) == v else repr(v)   # exact: coerce(format_value(v)) == v
     return str(v)
 
 

@@ -1,0 +1,259 @@
+"""Batched policies over the toy space: an ensemble of ``M`` independent policies, one leaf tensor per
+layer with a leading member dimension (the tabular policy and the MLP of 000 Sec. 3.2.1)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..device import resolve_device
+from ..validate import check_choice, check_int
+from .rng import counter_uniform
+from .space import ToySpec
+
+__all__ = ["log_softmax_responses", "BatchedPolicy", "TabularPolicy", "MLPPolicy", "POLICIES", "ACTIVATIONS",
+           "make_policy", "as_seeds"]
+
+
+def log_softmax_responses(logits: torch.Tensor) -> torch.Tensor:
+    """``log_softmax`` over the last dimension. On the CPU it is computed on a copy with that dimension
+    moved to the front and returned as a view in the original layout: PyTorch's CPU kernel is several
+    times faster (forward and backward) when the reduced dimension is not the innermost one and is as
+    short as the toy's 10 responses. Same values up to float rounding."""
+    if logits.device.type != "cpu" or logits.ndim < 2:
+        return torch.log_softmax(logits, dim=-1)
+    return torch.log_softmax(logits.movedim(-1, 0).contiguous(), dim=0).movedim(0, -1)
+
+
+class BatchedPolicy:
+    """An ensemble of ``M`` independent policies over a :class:`ToySpec`, one leaf tensor per layer.
+
+    Interface (shared by :class:`TabularPolicy` and :class:`MLPPolicy`, used by :mod:`prefdyn.rlhf`):
+
+    - ``params``: dict layer name -> leaf tensor ``[M, *shape]`` (``requires_grad=True``); index m along
+      the leading dimension = member m. ``param_list()`` gives them in a fixed order (for autograd and
+      the optimisers);
+    - ``forward(params=None) -> [M, P, R]``: raw outputs (logits; a reward model reads them as rewards);
+    - ``log_probs(params=None)``, ``probs()`` (detached): the categorical policy over responses;
+    - ``seeds``: int64 ``[M]``, the seed each member was initialised from (counter-based, so a member's
+      initial parameters do not depend on the other members);
+    - ``members``, ``spec``, ``device``, ``dtype``, ``n_params`` (per member); ``clone()``,
+      ``subset(index)``, ``flat()`` (detached ``[M, n_params]``), ``load_flat(theta)``.
+
+    Pass ``params`` (a dict like ``self.params``) to evaluate other parameter values (e.g. in
+    ``torch.func.functional_call`` style); by default the policy's own leaves are used.
+    """
+
+    kind = "base"
+
+    def __init__(self, spec: ToySpec, seeds, *, device="auto", dtype=torch.float32):
+        if not isinstance(spec, ToySpec):
+            raise ValueError(f"spec: expected a ToySpec, got {type(spec).__name__}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+        seeds = as_seeds(seeds)
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.seeds = seeds.to(self.device)
+        self.layout: list[tuple[str, tuple[int, ...], int]] = []   # (name, shape, offset in flat())
+        self.n_params = 0
+        self._build_layout()
+        self.load_flat(self._init_flat())
+
+    # -- to implement -------------------------------------------------------------------------
+    def _build_layout(self) -> None:
+        raise NotImplementedError
+
+    def _init_flat(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def _add(self, name: str, shape: tuple[int, ...]) -> None:
+        self.layout.append((name, tuple(shape), self.n_params))
+        self.n_params += int(np.prod(shape))
+
+    def param_list(self) -> list[torch.Tensor]:
+        """The leaves in layout order."""
+        return [self.params[name] for name, _, _ in self.layout]
+
+    def flat(self) -> torch.Tensor:
+        """All parameters, detached, as ``[M, n_params]`` (layout order)."""
+        M = self.members
+        return torch.cat([p.detach().reshape(M, -1) for p in self.param_list()], dim=1)
+
+    @torch.no_grad()
+    def load_flat(self, theta: torch.Tensor) -> None:
+        """Replace the parameters by ``theta [M', n_params]`` (new leaves; ``M'`` may differ only if it
+        matches ``seeds``)."""
+        theta = torch.as_tensor(theta)
+        if theta.ndim != 2 or theta.shape != (len(self.seeds), self.n_params):
+            raise ValueError(f"theta: expected shape [{len(self.seeds)}, {self.n_params}], got {tuple(theta.shape)}")
+        theta = theta.to(device=self.device, dtype=self.dtype)
+        self.params = {
+            name: theta[:, off: off + int(np.prod(shape))].reshape(-1, *shape).clone().requires_grad_(True)
+            for name, shape, off in self.layout}
+
+    @property
+    def members(self) -> int:
+        return int(len(self.seeds))
+
+    def logits(self, params=None) -> torch.Tensor:
+        """Alias of :meth:`forward`: ``[M, P, R]``."""
+        return self.forward(params)
+
+    def log_probs(self, params=None) -> torch.Tensor:
+        """log pi(a|x), ``[M, P, R]`` (``log_softmax`` over responses, see :func:`log_softmax_responses`)."""
+        return log_softmax_responses(self.forward(params))
+
+    @torch.no_grad()
+    def probs(self) -> torch.Tensor:
+        """pi(a|x), detached, ``[M, P, R]``."""
+        return torch.softmax(self.forward(), dim=-1)
+
+    def clone(self) -> "BatchedPolicy":
+        """An independent copy (same seeds, copied parameters)."""
+        return self.subset(slice(None))
+
+    def subset(self, index) -> "BatchedPolicy":
+        """A new policy holding members ``index`` (int, slice, list, bool mask or tensor), parameters copied."""
+        idx = _as_index(index, self.members, self.device)
+        new = object.__new__(type(self))
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("params", "seeds")})
+        new.seeds = self.seeds[idx].clone()
+        new.params = {k: v.detach()[idx].clone().requires_grad_(True) for k, v in self.params.items()}
+        return new
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(members={self.members}, spec={self.spec}, n_params={self.n_params}, "
+                f"device={self.device.type}, dtype={str(self.dtype).replace('torch.', '')})")
+
+
+class TabularPolicy(BatchedPolicy):
+    """One free logit per (prompt, response): ``logits[m, p, r] = params["logits"][m, p, r]``; initialised
+    at 0 (uniform). The contrast case of the toy (see the module docstring)."""
+
+    kind = "tabular"
+
+    def _build_layout(self):
+        self._add("logits", (self.spec.n_prompts, self.spec.n_responses))
+
+    def _init_flat(self):
+        return torch.zeros(len(self.seeds), self.n_params, dtype=self.dtype, device=self.device)
+
+    def forward(self, params=None):
+        params = self.params if params is None else params
+        return params["logits"]
+
+
+#: The MLP's activations: name -> (function for the batched forward, ``torch.nn`` module for
+#: :meth:`MLPPolicy.member_module`).
+ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], type]] = {
+    "relu": (torch.relu, torch.nn.ReLU), "tanh": (torch.tanh, torch.nn.Tanh), "gelu": (F.gelu, torch.nn.GELU),
+    "silu": (F.silu, torch.nn.SiLU),
+}
+
+
+class MLPPolicy(BatchedPolicy):
+    """The three-layer MLP of 000 Sec. 3.2.1: one-hot prompt -> H -> H -> R logits, per member.
+
+    ``h1 = act(onehot(x) W1 + b1)`` (the one-hot product is a row of ``W1``), ``h2 = act(h1 W2 + b2)``,
+    ``logits = h2 W3 + b3``; all members at once with ``torch.baddbmm``. Leaves ``W1 [M, P, H]``,
+    ``b1 [M, 1, H]``, ``W2 [M, H, H]``, ``b2``, ``W3 [M, H, R]``, ``b3 [M, 1, R]`` (``W`` is stored
+    ``[in, out]`` = ``nn.Linear.weight.T``). Initialisation as ``torch.nn.Linear``
+    (U(-1/sqrt(fan_in), +1/sqrt(fan_in)) for weights and biases), drawn from :func:`counter_uniform`
+    with the member's seed.
+    """
+
+    kind = "mlp"
+
+    def __init__(self, spec: ToySpec, seeds, *, hidden: int = 64, activation: str = "relu",
+                 device="auto", dtype=torch.float32):
+        self.hidden = check_int("hidden", hidden, 1)
+        check_choice("activation", activation, ACTIVATIONS)
+        self.activation = activation
+        super().__init__(spec, seeds, device=device, dtype=dtype)
+
+    def _build_layout(self):
+        P, R, H = self.spec.n_prompts, self.spec.n_responses, self.hidden
+        self._add("W1", (P, H)); self._add("b1", (1, H))
+        self._add("W2", (H, H)); self._add("b2", (1, H))
+        self._add("W3", (H, R)); self._add("b3", (1, R))
+
+    def _init_flat(self):
+        bound = torch.empty(self.n_params, dtype=torch.float64)
+        fan_in = {"W1": self.spec.n_prompts, "b1": self.spec.n_prompts, "W2": self.hidden,
+                  "b2": self.hidden, "W3": self.hidden, "b3": self.hidden}
+        for name, shape, off in self.layout:
+            bound[off: off + int(np.prod(shape))] = 1.0 / math.sqrt(fan_in[name])
+        u = counter_uniform(self.seeds.cpu(), stream=1, n=self.n_params)        # [M, N] in (0, 1)
+        return ((2.0 * u - 1.0) * bound).to(device=self.device, dtype=self.dtype)
+
+    def forward(self, params=None):
+        v = self.params if params is None else params
+        act = ACTIVATIONS[self.activation][0]
+        h1 = act(v["W1"] + v["b1"])                              # one-hot(x) @ W1 + b1, [M, P, H]
+        h2 = act(torch.baddbmm(v["b2"], h1, v["W2"]))            # [M, P, H]
+        return torch.baddbmm(v["b3"], h2, v["W3"])               # [M, P, R]
+
+    def member_module(self, m: int) -> torch.nn.Sequential:
+        """Member ``m`` as the plain ``torch.nn`` network a single run would use: ``Sequential(Linear(P, H),
+        act, Linear(H, H), act, Linear(H, R))`` with the member's current weights (``Linear.weight = W.T``),
+        applied to one-hot prompts (``torch.eye(P)``). Same outputs as :meth:`forward` for that member
+        (tested); the plain loop of :func:`prefdyn.bench.bench` trains it."""
+        P, R, H = self.spec.n_prompts, self.spec.n_responses, self.hidden
+        act = ACTIVATIONS[self.activation][1]
+        model = torch.nn.Sequential(torch.nn.Linear(P, H), act(), torch.nn.Linear(H, H), act(), torch.nn.Linear(H, R))
+        model = model.to(device=self.device, dtype=self.dtype)
+        with torch.no_grad():
+            for i, lin in enumerate((model[0], model[2], model[4]), start=1):
+                lin.weight.copy_(self.params[f"W{i}"][m].T)
+                lin.bias.copy_(self.params[f"b{i}"][m].view(-1))
+        return model
+
+
+POLICIES = {"mlp": MLPPolicy, "tabular": TabularPolicy}
+
+
+def make_policy(kind: str, spec: ToySpec, seeds, *, hidden: int = 64, activation: str = "relu",
+                device="auto", dtype=torch.float32) -> BatchedPolicy:
+    """A batched policy: ``kind`` is ``"mlp"`` (000 Sec. 3.2.1) or ``"tabular"``; one member per seed."""
+    check_choice("policy", kind, POLICIES)
+    if kind == "mlp":
+        return MLPPolicy(spec, seeds, hidden=hidden, activation=activation, device=device, dtype=dtype)
+    return TabularPolicy(spec, seeds, device=device, dtype=dtype)
+
+
+def as_seeds(seeds) -> torch.Tensor:
+    """Seeds as a 1-D int64 tensor: a count ``n`` means ``0..n-1``; a list is taken as given (validated)."""
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ValueError(f"seeds: expected a positive count or a list of seeds, got {seeds!r}")
+        return torch.arange(int(seeds), dtype=torch.int64)
+    try:
+        t = torch.as_tensor(seeds)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"seeds: expected a count or a 1-D list of non-negative integers, got {seeds!r}") from None
+    if t.ndim != 1 or t.numel() == 0 or t.dtype.is_floating_point or t.dtype == torch.bool or bool((t < 0).any()):
+        raise ValueError(f"seeds: expected a count or a 1-D list of non-negative integers, got {seeds!r}")
+    return t.to(torch.int64).cpu()
+
+
+def _as_index(index, n: int, device) -> torch.Tensor:
+    if isinstance(index, slice):
+        return torch.arange(n, device=device)[index]
+    t = torch.as_tensor(index, device=device)
+    if t.ndim == 0:
+        t = t[None]
+    if t.dtype == torch.bool:
+        t = t.nonzero().flatten()
+    if t.numel() == 0 or bool((t < -n).any()) or bool((t >= n).any()):
+        raise ValueError(f"index: expected member indices in [0, {n}), got {index!r}")
+    return t.to(torch.int64)

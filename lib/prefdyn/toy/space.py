@@ -1,0 +1,165 @@
+"""The toy space of 000 Sec. 3.2.1 (Fig. 1): prompts x responses, the SFT targets (Sec. 3.2.2, Fig. 3
+scenarios) and the preference pairs (optimal chosen, random rejected)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from .rng import hash_keys
+
+__all__ = ["ToySpec", "initial_distribution", "SCENARIOS", "SCENARIO_LABELS", "scenario_distribution",
+           "resolve_init", "sample_rejected"]
+
+
+@dataclass(frozen=True)
+class ToySpec:
+    """The discrete prompt x response space of 000 Sec. 3.2.1 (default 4 x 10).
+
+    Responses ``0..n_prompts-1`` form the chosen block (response p is optimal for prompt p), then
+    ``n_rejected`` rejected responses, then ``n_unseen`` responses that never occur in the data.
+    """
+
+    n_prompts: int = 4
+    n_rejected: int = 4
+    n_unseen: int = 2
+
+    def __post_init__(self):
+        for name, low in (("n_prompts", 1), ("n_rejected", 1), ("n_unseen", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+
+    @property
+    def n_responses(self) -> int:
+        return self.n_prompts + self.n_rejected + self.n_unseen
+
+    @property
+    def chosen_block(self) -> range:
+        return range(0, self.n_prompts)
+
+    @property
+    def rejected_block(self) -> range:
+        return range(self.n_prompts, self.n_prompts + self.n_rejected)
+
+    @property
+    def unseen_block(self) -> range:
+        return range(self.n_prompts + self.n_rejected, self.n_responses)
+
+    def role_masks(self, device=None) -> dict[str, torch.Tensor]:
+        """Boolean masks ``[P, R]``: chosen (the prompt's optimal response), other (the other prompts'
+        optimal responses), rejected (the rejected block), unseen (never in the data)."""
+        P, R = self.n_prompts, self.n_responses
+        eye = torch.zeros(P, R, dtype=torch.bool, device=device)
+        eye[torch.arange(P), torch.arange(P)] = True
+        block = torch.zeros(P, R, dtype=torch.bool, device=device)
+        block[:, : self.n_prompts] = True
+        rej = torch.zeros(P, R, dtype=torch.bool, device=device)
+        rej[:, self.rejected_block.start: self.rejected_block.stop] = True
+        uns = torch.zeros(P, R, dtype=torch.bool, device=device)
+        uns[:, self.unseen_block.start: self.unseen_block.stop] = True
+        return {"chosen": eye, "other": block & ~eye, "rejected": rej, "unseen": uns}
+
+    def role_of(self, prompt: int, response: int) -> str:
+        """The role ('chosen', 'other', 'rejected', 'unseen') of ``response`` for ``prompt``."""
+        if response == prompt:
+            return "chosen"
+        if response < self.n_prompts:
+            return "other"
+        if response < self.n_prompts + self.n_rejected:
+            return "rejected"
+        return "unseen"
+
+
+def initial_distribution(spec: ToySpec, p_chosen: float = 0.12, p_rejected: float = 0.12,
+                         p_other: float | None = None) -> torch.Tensor:
+    """The SFT target of step 1 (000 Sec. 3.2.1), the same for every prompt: ``[P, R]`` float64.
+
+    The prompt's optimal response gets ``p_chosen``, each rejected response ``p_rejected``, each other
+    prompt's optimal response ``p_other`` (default ``p_chosen``: the paper's "each chosen and rejected
+    response at 0.12", 000 Sec. 3.2.2, where responses 1-4 are all "chosen responses"), and the unseen
+    responses share the remainder equally. All probabilities must come out > 0 (finite logits).
+    """
+    p_other = p_chosen if p_other is None else p_other
+    for name, v in (("p_chosen", p_chosen), ("p_rejected", p_rejected), ("p_other", p_other)):
+        if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) or not (0.0 < float(v) < 1.0):
+            raise ValueError(f"{name}: expected a probability in (0, 1), got {v!r}")
+    P, R = spec.n_prompts, spec.n_responses
+    used = p_chosen + (P - 1) * p_other + spec.n_rejected * p_rejected
+    rest = 1.0 - used
+    if spec.n_unseen == 0:
+        if abs(rest) > 1e-9:
+            raise ValueError(f"p_chosen/p_rejected/p_other: with n_unseen=0 they must sum to 1 per prompt, got {used:.6g}")
+        rest_each = 0.0
+    else:
+        if rest <= 1e-12:
+            raise ValueError(
+                f"p_chosen/p_rejected/p_other: the in-data responses take {used:.6g} >= 1 of the mass per prompt;"
+                " lower them so the unseen responses keep a positive probability")
+        rest_each = rest / spec.n_unseen
+    probs = torch.full((P, R), float(p_other), dtype=torch.float64)
+    probs[:, spec.rejected_block.start: spec.rejected_block.stop] = float(p_rejected)
+    probs[:, spec.unseen_block.start: spec.unseen_block.stop] = rest_each
+    probs[torch.arange(P), torch.arange(P)] = float(p_chosen)
+    return probs
+
+
+#: The four scenarios of 000 Fig. 3 / Table 4: (chosen on-policy?, rejected on-policy?).
+SCENARIOS: dict[str, tuple[bool, bool]] = {
+    "s1": (True, True),     # chosen on-policy,  rejected on-policy
+    "s2": (False, True),    # chosen off-policy, rejected on-policy
+    "s3": (True, False),    # chosen on-policy,  rejected off-policy
+    "s4": (False, False),   # chosen off-policy, rejected off-policy
+}
+SCENARIO_LABELS = {
+    "s1": "S1: chosen on, rejected on",
+    "s2": "S2: chosen off, rejected on",
+    "s3": "S3: chosen on, rejected off",
+    "s4": "S4: chosen off, rejected off",
+}
+
+
+def scenario_distribution(spec: ToySpec, scenario: str, on: float = 0.12, off: float = 0.01) -> torch.Tensor:
+    """The initial distribution of a scenario of 000 Fig. 3: on-policy = probability ``on`` per response,
+    off-policy = ``off``, for the chosen block and the rejected block separately; the unseen responses take
+    the rest (so off-policy data means that the policy's mass sits on responses outside the data)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario: expected one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    c_on, r_on = SCENARIOS[scenario]
+    pc = on if c_on else off
+    pr = on if r_on else off
+    return initial_distribution(spec, p_chosen=pc, p_rejected=pr, p_other=pc)
+
+
+def resolve_init(spec: ToySpec, init) -> torch.Tensor:
+    """The initial response distribution: the default of ``spec``, a scenario name, a mapping of keyword
+    arguments (with an optional ``"scenario"``), or a given ``[n_prompts, n_responses]`` array."""
+    if init is None:
+        return initial_distribution(spec)
+    if isinstance(init, str):
+        return scenario_distribution(spec, init)
+    if isinstance(init, Mapping):
+        init = dict(init)
+        if "scenario" in init:
+            s = init.pop("scenario")
+            return scenario_distribution(spec, s, **init)
+        return initial_distribution(spec, **init)
+    t = torch.as_tensor(np.asarray(init, dtype=np.float64))
+    if t.shape != (spec.n_prompts, spec.n_responses):
+        raise ValueError(f"init: expected probabilities of shape [{spec.n_prompts}, {spec.n_responses}], got {tuple(t.shape)}")
+    return t
+
+
+def sample_rejected(spec: ToySpec, seeds: torch.Tensor, steps: torch.Tensor, pairs_per_prompt: int) -> torch.Tensor:
+    """Rejected responses of the pairs: int64 ``[T, M, P, K]`` for step indices ``steps [T]``.
+
+    Uniform over the rejected block, a function of (seed, step, prompt, slot) only (counter-based hash).
+    """
+    P, K = spec.n_prompts, pairs_per_prompt
+    dev = seeds.device
+    h = hash_keys(seeds.view(1, -1, 1, 1), 2, steps.view(-1, 1, 1, 1).to(dev),
+                   torch.arange(P, device=dev).view(1, 1, -1, 1), torch.arange(K, device=dev).view(1, 1, 1, -1))
+    return spec.n_prompts + (h % spec.n_rejected)

@@ -1,0 +1,320 @@
+"""Training on the toy: step 1 (SFT to a target distribution) and step 2 (preference optimisation on fresh
+pairs) of 000 Sec. 3.2.1, for many configurations and seeds at once (:func:`run_grid`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .. import losses as L
+from ..device import cpu_settings, resolve_device
+from ..records import RECORD_ORDER, RECORDS, record_row, role_weights
+from ..validate import check_choice, check_int, check_positive
+from .optim import OPTIMIZERS, make_optimizer
+from .policy import POLICIES, BatchedPolicy, TabularPolicy, as_seeds, make_policy
+from .space import ToySpec, resolve_init, sample_rejected
+
+__all__ = ["sft", "ToyConfig", "ToyRun", "run_grid", "train"]
+
+
+def sft(policy: BatchedPolicy, target, *, steps: int = 500, lr: float = 1e-2, optimizer: str = "adam",
+        method: str = "auto") -> dict[str, torch.Tensor]:
+    """Step 1 of 000 Sec. 3.2.1: fit ``policy`` to the output probabilities ``target`` ([P, R] or [M, P, R]).
+
+    ``method="train"`` minimises the cross-entropy ``-sum_a target(a|x) log pi(a|x)`` (KL(target || pi) plus
+    a constant) averaged over prompts, for ``steps`` full-batch steps (Adam by default), as the paper does
+    ("using them as labels to train the model"); ``"exact"`` (tabular only) sets the logits to
+    ``log target``. ``"auto"``: exact for the tabular policy, train for the MLP.
+    Returns ``{"kl": [M], "max_abs_err": [M]}`` of the fitted policy (float64, detached).
+    """
+    target = _check_target(policy, target)
+    if method not in ("auto", "train", "exact"):
+        raise ValueError(f"method: expected 'auto', 'train' or 'exact', got {method!r}")
+    if method == "auto":
+        method = "exact" if isinstance(policy, TabularPolicy) else "train"
+    if method == "exact":
+        if not isinstance(policy, TabularPolicy):
+            raise ValueError("method: 'exact' SFT needs the tabular policy; use 'train' for the MLP")
+        with torch.no_grad():
+            policy.params["logits"].copy_(target.log().to(policy.dtype))
+    else:
+        check_int("steps", steps, 0)
+        params = policy.param_list()
+        opt = make_optimizer(optimizer, params, lr)
+        tgt = target.to(policy.dtype)
+        for _ in range(int(steps)):
+            logp = policy.log_probs()
+            loss = -(tgt * logp).sum(-1).mean(-1).sum()
+            opt.step(torch.autograd.grad(loss, params))
+    with torch.no_grad():
+        logp = policy.log_probs().to(torch.float64)
+        kl = (target * (target.log() - logp)).sum(-1).mean(-1)
+        err = (logp.exp() - target).abs().amax(dim=(-1, -2))
+    return {"kl": kl, "max_abs_err": err}
+
+
+def _check_target(policy: BatchedPolicy, target) -> torch.Tensor:
+    P, R = policy.spec.n_prompts, policy.spec.n_responses
+    t = torch.as_tensor(target, dtype=torch.float64, device=policy.device)
+    if t.ndim == 2:
+        t = t.expand(policy.members, P, R)
+    if t.shape != (policy.members, P, R):
+        raise ValueError(f"target: expected probabilities of shape [{P}, {R}] or [{policy.members}, {P}, {R}], got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()) or not torch.allclose(t.sum(-1), torch.ones((), dtype=t.dtype, device=t.device), atol=1e-6):
+        raise ValueError("target: every row must be a probability vector with all entries > 0 summing to 1")
+    return t / t.sum(-1, keepdim=True)
+
+
+@dataclass
+class ToyConfig:
+    """One configuration of a grid (all its seeds share it).
+
+    ``loss``/``loss_params``: a registered loss name (:data:`prefdyn.losses.LOSSES`), a
+    :class:`prefdyn.losses.Loss`, or any function with the loss signature (:data:`prefdyn.losses.SIGNATURE`;
+    its keyword defaults are its parameters), and its parameters (validated once, by
+    :meth:`prefdyn.losses.Loss.check`); ``init``: the SFT target ``[P, R]`` (a tensor/array, a scenario name
+    ``"s1".."s4"``, or a dict of :func:`initial_distribution` arguments; default: Sec. 3.2.2's 0.12);
+    ``lr``: the preference-optimisation learning rate (``None`` = the grid's); ``name``: a label.
+    """
+
+    loss: Any = "dpo"
+    loss_params: dict = field(default_factory=dict)
+    init: Any = None
+    lr: float | None = None
+    name: str | None = None
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        name = self.loss if isinstance(self.loss, str) else getattr(self.loss, "name", None) or getattr(
+            self.loss, "__name__", type(self.loss).__name__)
+        ps = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.loss_params.items())
+        return f"{name}({ps})" if ps else name
+
+
+@dataclass
+class ToyRun:
+    """The result of :func:`run_grid`.
+
+    ``records[name]``: float64 numpy ``[n_records, M]`` (see :data:`RECORDS`) at the update counts
+    ``steps`` (0 = after SFT, before any preference update; the last = after the final update).
+    ``probs``: optional ``[n_records, M, P, R]`` (float32). Members are grouped by configuration:
+    ``member_config[m]`` is the index into ``configs``, ``member_seed[m]`` the seed.
+    """
+
+    spec: ToySpec
+    configs: list[ToyConfig]
+    member_config: np.ndarray
+    member_seed: np.ndarray
+    steps: np.ndarray
+    records: dict[str, np.ndarray]
+    probs: np.ndarray | None
+    init_probs: np.ndarray           # [M, P, R] after SFT (= pi_0)
+    targets: np.ndarray              # [n_configs, P, R] the SFT targets
+    sft_kl: np.ndarray               # [M]
+    policy: BatchedPolicy
+    settings: dict
+
+    def members_of(self, config: int | str) -> np.ndarray:
+        """Member indices of a configuration (by index or label)."""
+        i = self.config_index(config)
+        return np.flatnonzero(self.member_config == i)
+
+    def config_index(self, config: int | str) -> int:
+        if isinstance(config, str):
+            labels = [c.label() for c in self.configs]
+            if config not in labels:
+                raise ValueError(f"config: expected one of {labels}, got {config!r}")
+            return labels.index(config)
+        if not 0 <= int(config) < len(self.configs):
+            raise ValueError(f"config: expected an index in [0, {len(self.configs)}), got {config!r}")
+        return int(config)
+
+    def record(self, name: str, config: int | str) -> np.ndarray:
+        """``records[name]`` of one configuration: ``[n_records, seeds]``."""
+        if name not in self.records:
+            raise ValueError(f"name: expected one of {', '.join(self.records)}, got {name!r}")
+        return self.records[name][:, self.members_of(config)]
+
+
+def _normalise_configs(configs) -> list[ToyConfig]:
+    if isinstance(configs, (ToyConfig, Mapping)):
+        configs = [configs]
+    if not isinstance(configs, Sequence) or len(configs) == 0:
+        raise ValueError("configs: expected a non-empty list of ToyConfig or dicts")
+    out = []
+    for c in configs:
+        if isinstance(c, Mapping):
+            unknown = set(c) - {f.name for f in dataclasses.fields(ToyConfig)}
+            if unknown:
+                raise ValueError(f"configs: unknown key(s) {sorted(unknown)}; allowed: loss, loss_params, init, lr, name")
+            c = ToyConfig(**c)
+        if not isinstance(c, ToyConfig):
+            raise ValueError(f"configs: expected ToyConfig or dict entries, got {type(c).__name__}")
+        out.append(c)
+    return out
+
+
+def run_grid(configs, seeds=32, *, spec: ToySpec | None = None, policy: str = "mlp", steps: int = 1000,
+             lr: float = 1e-3, optimizer: str = "adam", pairs_per_prompt: int = 4, hidden: int = 64,
+             activation: str = "relu", sft_steps: int = 500, sft_lr: float = 1e-2, record_every: int = 1,
+             record_probs: bool = False, device="auto", dtype=torch.float32, progress: bool = True,
+             desc: str | None = None, threads: int | None = 1) -> ToyRun:
+    """Train every configuration in ``configs`` with every seed, all in one batched computation.
+
+    Members are ``len(configs) x n_seeds``, grouped by configuration (member ``i * n_seeds + j`` = config
+    ``i``, seed ``seeds[j]``). Step 1 (:func:`sft`) fits each member to its configuration's ``init``;
+    step 2 runs ``steps`` updates of the preference loss on fresh pairs (:func:`sample_rejected`) and
+    records :data:`RECORDS` every ``record_every`` updates (and after the last). See the module
+    docstring for the reading of the paper's set-up. On the CPU the work runs inside
+    :class:`cpu_settings` (``threads`` intra-op threads, subnormals flushed).
+    """
+    spec = ToySpec() if spec is None else spec
+    if not isinstance(spec, ToySpec):
+        raise ValueError(f"spec: expected a ToySpec, got {type(spec).__name__}")
+    configs = _normalise_configs(configs)
+    seed_t = as_seeds(seeds)
+    check_int("steps", steps, 0)
+    check_int("pairs_per_prompt", pairs_per_prompt, 1)
+    check_int("record_every", record_every, 1)
+    check_int("sft_steps", sft_steps, 0)
+    check_choice("policy", policy, POLICIES)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_positive("lr", lr)
+    check_positive("sft_lr", sft_lr)
+    if threads is not None:
+        check_int("threads", threads, 1)
+    # validate every configuration before any heavy work; the training loop calls the unchecked losses
+    checked = []
+    for i, c in enumerate(configs):
+        try:
+            loss = L.get(c.loss)
+            params = loss.check(**dict(c.loss_params))
+            target = resolve_init(spec, c.init)
+            c_lr = check_positive("lr", lr if c.lr is None else c.lr)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (config {i})") from None
+        checked.append((loss, params, target, c_lr))
+    dev = resolve_device(device)
+    S, C = len(seed_t), len(configs)
+    M = S * C
+    member_seed = seed_t.repeat(C)
+    member_config = torch.arange(C).repeat_interleave(S)
+    targets = torch.stack([t for _, _, t, _ in checked])                       # [C, P, R]
+
+    with cpu_settings(threads if dev.type == "cpu" else None, flush_denormal=dev.type == "cpu"):
+        pol = make_policy(policy, spec, member_seed, hidden=hidden, activation=activation, device=dev, dtype=dtype)
+        fit = sft(pol, targets.to(dev)[member_config.to(dev)], steps=sft_steps, lr=sft_lr)
+        groups = _loss_groups([(loss, params) for loss, params, _, _ in checked], S, dev, dtype)
+        lrs = torch.tensor([c_lr for *_, c_lr in checked], dtype=torch.float64).repeat_interleave(S)
+        init_probs = pol.probs().to(torch.float64).cpu().numpy()
+        rec, rec_steps, probs = _preference_train(
+            pol, groups, steps=steps, lr=lrs, optimizer=optimizer, pairs_per_prompt=pairs_per_prompt,
+            record_every=record_every, record_probs=record_probs, progress=progress, desc=desc)
+    settings = dict(policy=policy, steps=steps, lr=lr, optimizer=optimizer, pairs_per_prompt=pairs_per_prompt,
+                    hidden=hidden, activation=activation, sft_steps=sft_steps, sft_lr=sft_lr,
+                    record_every=record_every, device=dev.type, dtype=str(dtype).replace("torch.", ""),
+                    seeds=seed_t.tolist())
+    return ToyRun(spec=spec, configs=configs, member_config=member_config.numpy(),
+                  member_seed=member_seed.numpy(), steps=rec_steps, records=rec, probs=probs,
+                  init_probs=init_probs, targets=targets.numpy(), sft_kl=fit["kl"].cpu().numpy(),
+                  policy=pol, settings=settings)
+
+
+def _loss_groups(loss_params: list[tuple[L.Loss, dict]], n_seeds: int, device, dtype) -> list[tuple[slice, L.Loss, dict]]:
+    """Merge adjacent configurations that share a loss (and its boolean parameters) into one group whose
+    float parameters become per-member tensors ``[members, 1, 1]``: one loss call per group. The
+    parameters were validated by :meth:`prefdyn.losses.Loss.check`; the groups feed ``Loss.fn``."""
+    groups: list[list] = []
+    for i, (loss, params) in enumerate(loss_params):
+        key = (loss.name, id(loss.fn), tuple(sorted((k, v) for k, v in params.items() if isinstance(v, bool))))
+        if groups and groups[-1][0] == key:
+            groups[-1][3].append(params)
+            groups[-1][1] = slice(groups[-1][1].start, (i + 1) * n_seeds)
+        else:
+            groups.append([key, slice(i * n_seeds, (i + 1) * n_seeds), loss, [params]])
+    out = []
+    for _, sl, loss, plist in groups:
+        merged = {}
+        for k, v in plist[0].items():
+            vals = [p[k] for p in plist]
+            if isinstance(v, bool) or all(_same(x, vals[0]) for x in vals):
+                merged[k] = vals[0]
+            else:
+                t = torch.tensor([float(x) for x in vals], dtype=dtype, device=device)
+                merged[k] = t.repeat_interleave(n_seeds).view(-1, 1, 1)
+        out.append((sl, loss, merged))
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    return a == b
+
+
+def train(loss: Any = "dpo", loss_params: Mapping | None = None, init=None, seeds=32, **kwargs) -> ToyRun:
+    """One configuration, many seeds: ``run_grid([ToyConfig(loss, loss_params, init)], seeds, **kwargs)``;
+    its label (the key of :func:`prefdyn.records.summarise`) is the loss's name."""
+    name = L.get(loss).name
+    return run_grid([ToyConfig(loss=loss, loss_params=dict(loss_params or {}), init=init, name=name)], seeds, **kwargs)
+
+
+def _preference_train(pol: BatchedPolicy, groups, *, steps: int, lr, optimizer: str, pairs_per_prompt: int,
+                      record_every: int = 1, record_probs: bool = False, progress: bool = True,
+                      desc: str | None = None, chunk: int = 256):
+    """Step 2 on an already fitted policy; ``groups`` = [(member slice, loss name, params)] covering all
+    members in order, whose parameters are already checked. The reference policy is ``pol`` as given.
+    Returns (records, steps, probs)."""
+    from ..progress import bar
+
+    spec = pol.spec
+    M, P, K = pol.members, spec.n_prompts, pairs_per_prompt
+    dev, dt = pol.device, pol.dtype
+    with torch.no_grad():
+        ref_logp = pol.log_probs().detach()
+    params = pol.param_list()
+    opt = make_optimizer(optimizer, params, lr)
+    role_w = role_weights(spec, dev)
+    rec_idx = sorted(set(range(0, steps + 1, record_every)) | {steps})
+    n_rec = len(rec_idx)
+    slot_of = {s: i for i, s in enumerate(rec_idx)}
+    rec = torch.empty(n_rec, M, len(RECORD_ORDER), dtype=torch.float64, device=dev)
+    probs_out = torch.empty(n_rec, M, P, spec.n_responses, dtype=torch.float32, device=dev) if record_probs else None
+    pos_idx = torch.arange(P, device=dev).view(1, P, 1).expand(M, P, K)
+    n_pairs = P * K
+    ref_pos = ref_logp.gather(2, pos_idx)
+    it = bar(range(steps + 1), total=steps + 1, desc=desc or f"toy ({M} members)") if progress else range(steps + 1)
+    rej_chunk, chunk_start = None, -1
+    for t in it:
+        if rej_chunk is None or t >= chunk_start + chunk:
+            chunk_start = t
+            span = torch.arange(t, min(t + chunk, steps + 1), device=dev)
+            rej_chunk = sample_rejected(spec, pol.seeds, span, K)            # [chunk, M, P, K]
+        neg_idx = rej_chunk[t - chunk_start]
+        logp = pol.log_probs()
+        idx = torch.cat([pos_idx, neg_idx], dim=2)                           # [M, P, 2K]
+        lp = logp.gather(2, idx)
+        lp_pos, lp_neg = lp[..., :K], lp[..., K:]
+        ref_neg = ref_logp.gather(2, neg_idx)
+        per_pair = torch.cat([
+            loss.fn(lp_pos[sl], lp_neg[sl], ref_pos[sl], ref_neg[sl], **loss_params)
+            for sl, loss, loss_params in groups], dim=0)                           # [M, P, K]
+        member_loss = per_pair.mean(dim=(1, 2))
+        *g_theta, g_lp = torch.autograd.grad(member_loss.sum(), [*params, lp])
+        if t in slot_of:
+            with torch.no_grad():
+                rec[slot_of[t]] = record_row(spec, logp, lp, g_lp, member_loss, role_w, n_pairs, K)
+                if probs_out is not None:
+                    probs_out[slot_of[t]] = logp.detach().exp().float()
+        if t < steps:
+            opt.step(g_theta)
+    rec_np = rec.cpu().numpy()
+    records = {k: rec_np[:, :, i] for i, k in enumerate(RECORD_ORDER)}
+    probs = probs_out.cpu().numpy() if probs_out is not None else None
+    return records, np.asarray(rec_idx), probs
