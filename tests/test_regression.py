@@ -21,6 +21,7 @@ import pytest
 
 from prefdyn import regression
 from prefdyn.chapters import CHAPTERS
+from prefdyn.chapters.golden import check as check_golden
 from prefdyn.chapters.runner import run_chapter
 from prefdyn.regression import EXACT, Tol, Tolerances
 
@@ -40,7 +41,7 @@ def _produced(cid: str, tmp_path: Path) -> Path:
 @pytest.mark.after_chapters
 @pytest.mark.parametrize("cid", IDS)
 def test_chapter_reproduces_its_golden_numbers(cid, tmp_path):
-    mismatches = regression.check(cid, _produced(cid, tmp_path))
+    mismatches = check_golden(cid, _produced(cid, tmp_path))
     assert not mismatches, "\n" + regression.report(mismatches)
 
 
@@ -49,7 +50,7 @@ def test_a_one_percent_change_of_beta_in_a_toy_chapter_is_caught(tmp_path):
     golden = json.loads((ROOT / "book" / "data" / "toy-3d.json").read_text())
     beta = golden["parameters"]["beta"] * 1.01
     run = run_chapter("toy-3d", {"beta": beta}, out=tmp_path, progress=False)
-    mismatches = regression.check("toy-3d", run.results, check_parameters=False)
+    mismatches = check_golden("toy-3d", run.results, check_parameters=False)
     assert len(mismatches) >= 5, "a 1% change of beta passed the toy-3d tolerances:\n" + regression.report(mismatches)
     assert any(m.key.startswith("mlp.final_rejected_prob") for m in mismatches)   # the collapsed likelihood
     m = mismatches[0]
@@ -57,7 +58,7 @@ def test_a_one_percent_change_of_beta_in_a_toy_chapter_is_caught(tmp_path):
     assert text.startswith("toy-3d: ") and m.key in text
     assert regression._text(m.golden) in text and regression._text(m.produced) in text
     # with the parameters checked (the default), the run is refused as a whole: beta differs
-    (only,) = regression.check("toy-3d", run.results)
+    (only,) = check_golden("toy-3d", run.results)
     assert only.key == "parameters" and "beta" in only.rule
 
 
@@ -84,7 +85,7 @@ def test_a_sign_flip_in_a_symbolic_result_is_caught(tmp_path, monkeypatch):
     (patch / "sitecustomize.py").write_text(_FLIP_SIGN)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(patch), os.environ.get("PYTHONPATH")])))
     run = run_chapter("gradients", out=tmp_path / "out", progress=False)
-    mismatches = regression.check("gradients", run.results)
+    mismatches = check_golden("gradients", run.results)
     keys = {m.key for m in mismatches}
     assert "table.dpo.ratio" in keys, regression.report(mismatches)
     m = next(m for m in mismatches if m.key == "table.dpo.ratio")

@@ -128,6 +128,7 @@ def _cmd_check(args) -> int:
     from pathlib import Path
 
     from . import regression
+    from .chapters.golden import golden_path
     from .chapters.catalog import get_chapter
     from .chapters.runner import ChapterFailed, InstallFailed, run_chapter
 
@@ -148,7 +149,7 @@ def _cmd_check(args) -> int:
                 print(f"prefdyn: {exc}", file=sys.stderr)
                 return 1
         produced = json.loads(Path(path).read_text(encoding="utf-8"))
-    golden = json.loads(regression.golden_path(chapter.id).read_text(encoding="utf-8"))
+    golden = json.loads(golden_path(chapter.id).read_text(encoding="utf-8"))
     mismatches = regression.check_data(chapter, produced, golden)
     if args.deviations:
         dev = regression.deviations(produced.get("results", {}), golden.get("results", {}))

@@ -287,9 +287,9 @@ def nbdpo_lambda(logp_chosen: Any, logp_rejected: Any, clip: Any = 0.5, symmetri
     return _nb_lambda(*_tensors(logp_chosen, logp_rejected), clip, symmetric)
 
 
-def _nb_lambda(lc: torch.Tensor, lr: torch.Tensor, clip: Any, symmetric: bool) -> torch.Tensor:
+def _nb_lambda(lp_c: torch.Tensor, lp_r: torch.Tensor, clip: Any, symmetric: bool) -> torch.Tensor:
     """:func:`nbdpo_lambda` on checked tensors and parameters (the losses' own call)."""
-    d = lc.detach() - lr.detach()
+    d = lp_c.detach() - lp_r.detach()
     lo = delta_lambda_min(clip, symmetric)
     lo_t = torch.as_tensor(lo, dtype=d.dtype, device=d.device)
     hi_t = torch.as_tensor(clip, dtype=d.dtype, device=d.device)
@@ -302,9 +302,9 @@ def bdpo_weight(logp_chosen: Any, logp_rejected: Any) -> torch.Tensor:
     Computed as ``b / (a + b)`` with ``a = -min(log pi_w, 0)``, ``b = -min(log pi_l, 0)``; 1/2 where
     ``a + b = 0`` (both log-probs 0).
     """
-    lc, lr = _tensors(logp_chosen, logp_rejected)
-    a = (-lc.detach()).clamp_min(0.0)
-    b = (-lr.detach()).clamp_min(0.0)
+    lp_c, lp_r = _tensors(logp_chosen, logp_rejected)
+    a = (-lp_c.detach()).clamp_min(0.0)
+    b = (-lp_r.detach()).clamp_min(0.0)
     s = a + b
     pos = s > 0
     return torch.where(pos, b / torch.where(pos, s, torch.ones_like(s)), torch.full_like(s, 0.5))
@@ -313,33 +313,33 @@ def bdpo_weight(logp_chosen: Any, logp_rejected: Any) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the losses
 def dpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=0.1) -> torch.Tensor:
     """DPO, 000 eq. 5 / 004 eq. 1: ``-log s(beta [(logp+ - ref+) - (logp- - ref-)])``."""
-    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return -F.logsigmoid(beta * ((lc - rc) - (lr - rr)))
+    lp_c, lp_r, ref_c, ref_r = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r)))
 
 
 def flex_dpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta_chosen=0.1, beta_rejected=0.01) -> torch.Tensor:
     """Flexible-beta DPO, 000 App. B.2.1: ``-log s(beta+ (logp+ - ref+) - beta- (logp- - ref-))``."""
-    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return -F.logsigmoid(beta_chosen * (lc - rc) - beta_rejected * (lr - rr))
+    lp_c, lp_r, ref_c, ref_r = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta_chosen * (lp_c - ref_c) - beta_rejected * (lp_r - ref_r))
 
 
 def sft_dpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=0.1, gamma=0.1) -> torch.Tensor:
     """SFT-regularised DPO, 000 eq. 7: ``dpo + gamma * (-logp+)``."""
-    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return -F.logsigmoid(beta * ((lc - rc) - (lr - rr))) - gamma * lc
+    lp_c, lp_r, ref_c, ref_r = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r))) - gamma * lp_c
 
 
 def ipo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=0.1) -> torch.Tensor:
     """IPO, 000 eq. 8: ``(h - 1/(2 beta))^2`` with ``h = (logp+ - ref+) - (logp- - ref-)``; 000's eta = beta (TRL)."""
-    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return ((lc - rc) - (lr - rr) - 1.0 / (2.0 * beta)) ** 2
+    lp_c, lp_r, ref_c, ref_r = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return ((lp_c - ref_c) - (lp_r - ref_r) - 1.0 / (2.0 * beta)) ** 2
 
 
 def slic(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, delta=5.0, eta=0.1) -> torch.Tensor:
     """SLiC, 000 eq. 11: ``max(0, delta - logp+ + logp-) - eta logp+``. ``ref_*`` only set the batch shape."""
-    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    out = F.relu(delta - lc + lr) - eta * lc
-    shape = _shape(lc, lr, rc, rr)
+    lp_c, lp_r, ref_c, ref_r = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    out = F.relu(delta - lp_c + lp_r) - eta * lp_c
+    shape = _shape(lp_c, lp_r, ref_c, ref_r)
     if out.shape != shape:
         out = out.expand(shape).clone()
     return out
@@ -347,8 +347,8 @@ def slic(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, delta=5.0, eta
 
 def dpop(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=0.1, lam=50.0) -> torch.Tensor:
     """DPO-Positive (Pal et al. 2024): ``-log s(beta [h+ - h- - lam max(0, ref+ - logp+)])``."""
-    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return -F.logsigmoid(beta * ((lc - rc) - (lr - rr) - lam * F.relu(rc - lc)))
+    lp_c, lp_r, ref_c, ref_r = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r) - lam * F.relu(ref_c - lp_c)))
 
 
 def nbdpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0, clip=0.5, symmetric=False) -> torch.Tensor:
@@ -358,25 +358,25 @@ def nbdpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0, cli
     Corrected: ``-log s(beta lam h+ - beta h- - beta (lam - 1) sg[h+])`` (sg = stop-gradient, lam detached).
     The value equals :func:`dpo`'s (bit-identical here); ``dL/dlogp_chosen`` is lam times DPO's.
     """
-    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    lam = _nb_lambda(lc, lr, clip, symmetric)
-    lc_det = lc.detach()
-    lc_scaled = lc_det + lam * (lc - lc_det)  # value == lc exactly; gradient lam
-    return -F.logsigmoid(beta * ((lc_scaled - rc) - (lr - rr)))
+    lp_c, lp_r, ref_c, ref_r = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    lam = _nb_lambda(lp_c, lp_r, clip, symmetric)
+    lp_c_det = lp_c.detach()
+    lp_c_scaled = lp_c_det + lam * (lp_c - lp_c_det)  # value == lp_c exactly; gradient lam
+    return -F.logsigmoid(beta * ((lp_c_scaled - ref_c) - (lp_r - ref_r)))
 
 
 def nbdpo_v2(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0, clip=0.5, symmetric=False) -> torch.Tensor:
     """Naive balanced DPO v2, 004 eq. 27: ``-log s(beta [lam h+ - h-])``, lam of eq. 26 (detached)."""
-    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    lam = _nb_lambda(lc, lr, clip, symmetric)
-    return -F.logsigmoid(beta * (lam * (lc - rc) - (lr - rr)))
+    lp_c, lp_r, ref_c, ref_r = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    lam = _nb_lambda(lp_c, lp_r, clip, symmetric)
+    return -F.logsigmoid(beta * (lam * (lp_c - ref_c) - (lp_r - ref_r)))
 
 
 def bdpo(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta=1.0) -> torch.Tensor:
     """Balanced DPO, 004 eq. 28-29: ``-log s(beta [lw h+ - (1 - lw) h-])``, lw of eq. 29 detached."""
-    lc, lr, rc, rr = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    lw = bdpo_weight(lc, lr)
-    return -F.logsigmoid(beta * (lw * (lc - rc) - (1.0 - lw) * (lr - rr)))
+    lp_c, lp_r, ref_c, ref_r = _tensors(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    lw = bdpo_weight(lp_c, lp_r)
+    return -F.logsigmoid(beta * (lw * (lp_c - ref_c) - (1.0 - lw) * (lp_r - ref_r)))
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -610,12 +610,12 @@ def logprob_grads(loss: Any, logp_c, logp_r, ref_c, ref_r, **params) -> tuple[to
     """
     L = get(loss)
     p = L.check(**params)
-    lc, lr, rc, rr = torch.broadcast_tensors(*_tensors(logp_c, logp_r, ref_c, ref_r))
-    lc = lc.detach().clone().requires_grad_(True)
-    lr = lr.detach().clone().requires_grad_(True)
+    lp_c, lp_r, ref_c, ref_r = torch.broadcast_tensors(*_tensors(logp_c, logp_r, ref_c, ref_r))
+    lp_c = lp_c.detach().clone().requires_grad_(True)
+    lp_r = lp_r.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        value = L.fn(lc, lr, rc.detach(), rr.detach(), **p)
-        gc, gr = torch.autograd.grad(value.sum(), (lc, lr))
+        value = L.fn(lp_c, lp_r, ref_c.detach(), ref_r.detach(), **p)
+        gc, gr = torch.autograd.grad(value.sum(), (lp_c, lp_r))
     return gc, gr
 
 
@@ -625,11 +625,11 @@ def reward_model_loss(r_chosen, r_rejected) -> torch.Tensor:
 
     (004 eq. 3 prints it without the minus sign.) Its gradients are balanced: ``dl/dr+ = -dl/dr-``.
     """
-    rc, rr = _tensors(r_chosen, r_rejected)
-    return -F.logsigmoid(rc - rr)
+    r_c, r_r = _tensors(r_chosen, r_rejected)
+    return -F.logsigmoid(r_c - r_r)
 
 
 def sft_loss(logp_chosen) -> torch.Tensor:
     """SFT loss of the chosen response: ``-log pi(a+)`` per example (the gamma-term of 000 eq. 7)."""
-    (lc,) = _tensors(logp_chosen)
-    return -lc
+    (lp_c,) = _tensors(logp_chosen)
+    return -lp_c

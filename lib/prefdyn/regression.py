@@ -277,13 +277,6 @@ def parameter_differences(produced: Mapping[str, Any], golden: Mapping[str, Any]
     return out
 
 
-def golden_path(chapter_id: str) -> Path:
-    """The committed golden results of a chapter: ``book/data/<id>.json``."""
-    from .chapters.runner import repo_root
-
-    return repo_root() / "book" / "data" / f"{chapter_id}.json"
-
-
 def check_data(chapter, produced: Mapping[str, Any], golden: Mapping[str, Any], *,
                check_parameters: bool = True) -> list[Mismatch]:
     """:func:`compare` two chapter JSON documents (``{"chapter", "parameters", "results"}``) under
@@ -302,18 +295,6 @@ def check_data(chapter, produced: Mapping[str, Any], golden: Mapping[str, Any], 
     if on_gpu(produced.get("parameters", {})):
         tolerances = tolerances.loosened(GPU_LOOSENING)
     return compare(chapter.id, produced.get("results", {}), golden.get("results", {}), tolerances)
-
-
-def check(chapter_id: str, produced_json: str | os.PathLike, golden_json: str | os.PathLike | None = None,
-          *, check_parameters: bool = True) -> list[Mismatch]:
-    """:func:`check_data` on a run's JSON file and the golden one (default :func:`golden_path`).
-    Returns the mismatches (empty: the run reproduces the book)."""
-    from .chapters.catalog import get_chapter
-
-    chapter = get_chapter(chapter_id)
-    produced = json.loads(Path(produced_json).read_text(encoding="utf-8"))
-    golden = json.loads(Path(golden_json or golden_path(chapter.id)).read_text(encoding="utf-8"))
-    return check_data(chapter, produced, golden, check_parameters=check_parameters)
 
 
 def report(mismatches: Sequence[Mismatch], limit: int = 40) -> str:
