@@ -150,26 +150,18 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- parameters
 @dataclass(frozen=True)
-class ParamRange:
+class ParamRange(Range):
     """The allowed values of one loss parameter (machine-readable; a chapter parameter declared from it,
     :func:`prefdyn.chapters.params.loss_param`, has the same range).
 
     ``type`` is ``"float"`` or ``"bool"``; ``low``/``high`` bound a float, ``low_open``/``high_open`` make a
-    bound strict (:class:`prefdyn.validate.Range`). Floats must also be finite. A float parameter may be a
+    bound strict (inherited from :class:`prefdyn.validate.Range`). Floats must also be finite. A float parameter may be a
     torch tensor (every element is checked), so a sweep over e.g. beta can be one broadcast call.
     """
 
     type: str
     default: Any
     help: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    @property
-    def range(self) -> Range:
-        return Range(self.low, self.high, self.low_open, self.high_open)
 
     def allowed(self) -> str:
         """The allowed values in words, e.g. ``'a finite number > 0'``."""

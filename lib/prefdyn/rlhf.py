@@ -350,7 +350,7 @@ def train_reward_model(ref_policy: BatchedPolicy, *, beta: float = 0.1, kind: st
     beta = _check_beta(beta)
     _check_run_args(steps, pairs_per_prompt, record_every, lr)
     check_choice("kind", kind, POLICIES)
-    _check_optimizer(optimizer)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
     spec, dev, dt = ref_policy.spec, ref_policy.device, ref_policy.dtype
     M, P, K = ref_policy.members, spec.n_prompts, pairs_per_prompt
     with torch.no_grad():
@@ -414,8 +414,13 @@ def _check_run_args(steps, pairs_per_prompt, record_every, lr) -> None:
     check_positive("lr", lr)
 
 
-def _check_optimizer(optimizer: str) -> None:
+def _check_policy_args(policy, beta, steps, pairs_per_prompt, record_every, lr, optimizer) -> float:
+    """The arguments both policy optimisers of 000 eq. 4 share, checked before any work; returns beta."""
+    _check_policy(policy)
+    beta = _check_beta(beta)
+    _check_run_args(steps, pairs_per_prompt, record_every, lr)
     check_choice("optimizer", optimizer, OPTIMIZERS)
+    return beta
 
 
 def _policy_setup(policy: BatchedPolicy, reward, *, steps: int, lr: float, optimizer: str, record_every: int,
@@ -444,10 +449,7 @@ def rlhf_exact(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int =
     (e.g. ``train_reward_model(...).rewards``). Records :data:`prefdyn.records.RECORDS` (``loss`` = -J,
     gradients = -A on the DPO chapters' pairs) and :data:`EXTRA_RECORDS`.
     """
-    _check_policy(policy)
-    beta = _check_beta(beta)
-    _check_run_args(steps, pairs_per_prompt, record_every, lr)
-    _check_optimizer(optimizer)
+    beta = _check_policy_args(policy, beta, steps, pairs_per_prompt, record_every, lr, optimizer)
     r, pol, ref_logp, leaves, opt, w, rec, pairs = _policy_setup(policy, reward, steps=steps, lr=lr,
                                                                  optimizer=optimizer, record_every=record_every,
                                                                  pairs_per_prompt=pairs_per_prompt)
@@ -512,17 +514,13 @@ def rlhf_ppo(policy: BatchedPolicy, reward, *, beta: float = 0.1, steps: int = 1
     every ``epochs``-th update. Records as :func:`rlhf_exact` (exact quantities of the current policy),
     plus ``clip_frac``.
     """
-    _check_policy(policy)
-    beta = _check_beta(beta)
-    _check_run_args(steps, pairs_per_prompt, record_every, lr)
+    beta = _check_policy_args(policy, beta, steps, pairs_per_prompt, record_every, lr, optimizer)
     check_int("samples", samples, 1)
     check_int("epochs", epochs, 1)
     clip = check_positive("clip", clip)
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline: expected one of {', '.join(BASELINES)}, got {baseline!r}")
+    check_choice("baseline", baseline, BASELINES)
     if baseline == "loo" and samples < 2:
         raise ValueError(f"samples: the 'loo' baseline needs at least 2 samples per prompt, got {samples!r}")
-    _check_optimizer(optimizer)
     r, pol, ref_logp, leaves, opt, w, rec, pairs = _policy_setup(policy, reward, steps=steps, lr=lr,
                                                                  optimizer=optimizer, record_every=record_every,
                                                                  pairs_per_prompt=pairs_per_prompt)
@@ -623,7 +621,7 @@ def run_rlhf(seeds=32, *, spec: ToySpec | None = None, init=None, policy: str = 
         check_positive(name, v)
     check_choice("policy", policy, POLICIES)
     check_choice("rm_kind", rm_kind, POLICIES)
-    _check_optimizer(optimizer)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
     if baseline not in BASELINES:
         raise ValueError(f"baseline: expected one of {', '.join(BASELINES)}, got {baseline!r}")
     if baseline == "loo" and samples < 2:

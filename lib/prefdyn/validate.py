@@ -25,10 +25,14 @@ def num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Range:
     """An interval of allowed numbers: ``low``/``high`` (``None`` = unbounded), ``low_open``/``high_open``
-    make a bound strict. Numbers must also be finite."""
+    make a bound strict. Numbers must also be finite.
+
+    Keyword-only fields, so that a declaration can inherit them after its own positional ones: a loss
+    parameter (:class:`prefdyn.losses.ParamRange`) and a chapter parameter
+    (:class:`prefdyn.chapters.params.Param`) are both a ``Range``."""
 
     low: float | None = None
     high: float | None = None
@@ -45,6 +49,11 @@ class Range:
         if hi is not None:
             return f"{'<' if self.high_open else '<='} {num(hi)}"
         return ""
+
+    @property
+    def range(self) -> "Range":
+        """The interval alone (a plain, hashable ``Range``), e.g. to compare two declarations' ranges."""
+        return Range(low=self.low, high=self.high, low_open=self.low_open, high_open=self.high_open)
 
     def contains(self, v: float) -> bool:
         """Whether the finite number ``v`` lies in the interval (NaN and infinities never do)."""
@@ -81,14 +90,14 @@ def check_int(name: str, v: Any, low: int | None = None, high: int | None = None
     """``v`` as an ``int``, or ``ValueError("<name>: expected an integer >= low, got v")``."""
     if _is_int(v) and (low is None or v >= low) and (high is None or v <= high):
         return int(v)
-    rng = Range(low, high).text()
+    rng = Range(low=low, high=high).text()
     raise ValueError(f"{name}: expected an integer{' ' + rng if rng else ''}, got {v!r}")
 
 
 def check_number(name: str, v: Any, low: float | None = None, high: float | None = None, *,
                  low_open: bool = False, high_open: bool = False) -> float:
     """``v`` as a finite ``float`` in the interval, or a one-line ``ValueError`` naming ``name``."""
-    r = Range(low, high, low_open, high_open)
+    r = Range(low=low, high=high, low_open=low_open, high_open=high_open)
     if _is_real(v) and r.contains(float(v)):
         return float(v)
     rng = r.text()

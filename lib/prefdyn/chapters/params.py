@@ -31,10 +31,10 @@ class ParameterError(ValueError):
 
 
 @dataclass(frozen=True)
-class Param:
+class Param(Range):
     """One chapter parameter (a loss parameter is declared from the loss registry by :func:`loss_param`).
 
-    ``low``/``high`` bound numbers (and every item of a numeric list); ``low_open``/``high_open`` make a
+    ``low``/``high`` bound numbers (the fields of :class:`prefdyn.validate.Range`) (and every item of a numeric list); ``low_open``/``high_open`` make a
     bound strict. ``choices`` restricts a ``str`` (or every item of a ``list[str]``). ``min_len`` is the
     least length of a list.
     """
@@ -43,10 +43,6 @@ class Param:
     type: str
     default: Any
     help: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
     choices: Sequence[str] | None = None
     min_len: int = 1
 
@@ -80,11 +76,6 @@ class Param:
         if self.choices is not None:
             parts.append("from {" + ", ".join(self.choices) + "}")
         return " ".join(parts)
-
-    @property
-    def range(self) -> Range:
-        """The allowed interval of a number (or of every item of a numeric list)."""
-        return Range(self.low, self.high, self.low_open, self.high_open)
 
     def range_text(self) -> str:
         return self.range.text()
