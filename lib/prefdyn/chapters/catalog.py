@@ -12,7 +12,7 @@ import math
 
 from ..losses import LOSS_NAMES
 from ..regression import EXACT, Tol, Tolerances
-from .params import Chapter, Param, ParameterError, loss_params
+from .params import Chapter, Param, ParameterError, loss_param, loss_params
 
 #: The book's losses (:data:`prefdyn.losses.LOSS_NAMES`): the choices of the theory chapters' ``losses``.
 BOOK_LOSSES = list(LOSS_NAMES)
@@ -193,7 +193,7 @@ register(Chapter(
     title="The 3D-properties in a toy model",
     part="2 Toy model",
     params=toy_params() + [
-        Param("beta", "float", 0.1, "β of DPO (000 eq. 5)", low=0.0, low_open=True, high=100.0),
+        loss_param("beta", ["dpo"], help="β of DPO (000 eq. 5)"),
         Param("p_init", "float", 0.12, "initial probability of every chosen-block and rejected response (000 Sec. 3.2.2: 0.12); the unseen responses share the rest", low=0.0, low_open=True, high=0.125, high_open=True),
     ],
     tolerances=TOY_TOLERANCES,
@@ -204,7 +204,7 @@ register(Chapter(
     title="On-policy and off-policy preference data",
     part="2 Toy model",
     params=toy_params() + [
-        Param("beta", "float", 0.1, "β of DPO (000 eq. 5)", low=0.0, low_open=True, high=100.0),
+        loss_param("beta", ["dpo"], help="β of DPO (000 eq. 5)"),
         Param("p_on", "float", 0.12, "initial probability of an on-policy response (per response)", low=0.0, low_open=True, high=0.125, high_open=True),
         Param("p_off", "float", 0.01, "initial probability of an off-policy response (per response)", low=0.0, low_open=True, high=0.125, high_open=True),
         Param("sweep_rejected", "list[float]", [0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.12], "Proposition 1 sweep: initial probability of each rejected response", low=0.0, low_open=True, high=0.125, high_open=True),
@@ -220,8 +220,10 @@ register(Chapter(
     part="2 Toy model",
     params=toy_params() + [
         Param("p_init", "float", 0.12, "initial probability of every chosen-block and rejected response (as in toy-3d)", low=0.0, low_open=True, high=0.125, high_open=True),
-        Param("beta_rejected", "list[float]", [0.1, 0.05, 0.02, 0.01, 0.005], "flex-β DPO: the β− values swept with β+ = 0.1 (000 App. B.2.1, Fig. 9)", low=0.0, low_open=True, high=100.0),
-        Param("gamma", "list[float]", [0.01, 0.1, 1.0], "SFT-DPO: the γ values swept (000 eq. 7)", low=0.0, high=100.0),
+        loss_param("beta_rejected", ["flex_dpo"], type="list[float]", default=[0.1, 0.05, 0.02, 0.01, 0.005],
+                   help="flex-β DPO: the β− values swept with β+ = 0.1 (000 App. B.2.1, Fig. 9)"),
+        loss_param("gamma", ["sft_dpo"], type="list[float]", default=[0.01, 0.1, 1.0],
+                   help="SFT-DPO: the γ values swept (000 eq. 7)"),
         Param("drop_orders", "float", 2.0, "Drastic drop present when π(rejected) fell by at least this many orders of magnitude", low=0.0, low_open=True, high=100.0),
         Param("degradation_threshold", "float", 0.05, "Degradation present when π(chosen) ends at least this fraction below its peak", low=0.0, low_open=True, high=1.0),
         Param("dispersion_threshold", "float", 0.05, "Dispersion present when the mass on responses never paired with the prompt grew by at least this much", low=0.0, low_open=True, high=1.0),
@@ -237,7 +239,7 @@ register(Chapter(
     title="RLHF with a reward model",
     part="2 Toy model",
     params=toy_params(hidden=False) + [
-        Param("beta", "float", 0.1, "β of DPO (000 eq. 5) and of the KL penalty of RLHF (000 eq. 4)", low=0.0, low_open=True, high=100.0),
+        loss_param("beta", ["dpo"], help="β of DPO (000 eq. 5) and of the KL penalty of RLHF (000 eq. 4)"),
         Param("rm_kind", "str", "mlp", "reward model: the MLP of 000 Sec. 3.2.1 or a free table r(x, a); the other kind is shown as the contrast", choices=["mlp", "tabular"]),
         Param("samples", "int", 16, "PPO: responses sampled per prompt and member in each rollout", low=2, high=4096),
         Param("epochs", "int", 4, "PPO: optimiser updates per rollout", low=1, high=100),
