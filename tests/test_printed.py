@@ -5,13 +5,15 @@
 - every erratum's printed form differs numerically from the derivation, and its corrected form agrees
   (symbolically and at random points);
 - the derivations that are not losses of the zoo (004 Theorem 1's logit update, 000 App. B.1's token-level
-  gradients) are checked against torch autograd, and the transcribed losses against ``prefdyn.losses``.
+  gradients) are checked against torch autograd, and the transcribed losses against ``prefdyn.losses``;
+- the zoo's symbols and derivatives are prefdyn.symbolic's (nothing re-declared, nothing re-derived).
+
+The chapter's views of all this (tables, Markdown, the figure) are tested in ``tests/test_gradients_view.py``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 
 from prefdyn import losses as L
 from prefdyn import printed as P
+from prefdyn import symbolic as S
 
 PRINTED_KEYS = [p.key for p in P.PRINTED]
 ERRATA_IDS = [e.id for e in P.ERRATA]
@@ -193,10 +196,10 @@ def test_slic_and_002_and_reward_model_match_torch():
 def test_printed_nbdpo_v2_eq27_matches_torch(symmetric):
     entry = P.PRINTED_BY_KEY["004 eq. 27"]
     for pt in P.random_points(entry.symbols, 6, seed=7):
-        pt[P.DLMIN_S] = float(L.delta_lambda_min(pt[P.CLIP_S], symmetric))
+        pt[P.DLMIN] = float(L.delta_lambda_min(pt[P.CLIP], symmetric))
         t = L.pair_loss("nbdpo_v2", torch.tensor(math.log(pt[P.PI_P]), dtype=torch.float64),
                         torch.tensor(math.log(pt[P.PI_M]), dtype=torch.float64), math.log(pt[P.REF_P]),
-                        math.log(pt[P.REF_M]), beta=pt[P.BETA], clip=pt[P.CLIP_S], symmetric=symmetric)
+                        math.log(pt[P.REF_M]), beta=pt[P.BETA], clip=pt[P.CLIP], symmetric=symmetric)
         assert P.evaluate(entry.printed, pt) == pytest.approx(float(t), rel=1e-10)
 
 
@@ -213,13 +216,31 @@ def test_corrected_nbdpo_eq25_gradient_matches_torch():
 
 
 # ------------------------------------------------------------------------------------------ the chapter's helpers
-def test_light_gradients_equal_symbolic_derive_for_dpo():
-    from prefdyn import symbolic as S
+def test_printed_takes_the_zoo_symbols_from_symbolic():
+    """One set of symbols: every sympy Symbol of prefdyn.printed named like one of prefdyn.symbolic's is that
+    very object (a Symbol with other assumptions would be another symbol, and substitutions would miss it)."""
+    theirs = {v.name: v for v in vars(S).values() if isinstance(v, sp.Symbol)}
+    shared = {k: v for k, v in vars(P).items() if isinstance(v, sp.Symbol) and v.name in theirs}
+    assert all(v is theirs[v.name] for v in shared.values()), shared
+    assert {v.name for v in shared.values()} >= {"pi^+", "pi^-", "pi_0^+", "pi_0^-", "beta", "beta^+", "beta^-",
+                                                 "gamma", "delta", "eta", "r^+", "r^-"}
+    assert P.CLIP is S.CLIP and P.DLMIN is S.DLMIN
 
-    d = S.derive("dpo")
-    g = P.gradients("dpo")
-    assert sp.simplify(g.d_pi_plus - d.d_pi_c) == 0
-    assert sp.simplify(g.d_pi_minus - d.d_pi_r) == 0
+
+@pytest.mark.parametrize("name", L.LOSS_NAMES)
+def test_gradients_are_symbolic_derive_with_the_ratio_rewritten(name):
+    """printed.gradients differentiates nothing: its derivatives are symbolic.derive's; only the ratio is
+    rewritten (simplified) for display, and it is the same function."""
+    d, g = S.derive(name), P.gradients(name)
+    for f in ("loss", "loss_sg", "d_pi_c", "d_pi_r", "d_logp_c", "d_logp_r", "d_pi_c_sg", "d_pi_r_sg"):
+        assert getattr(g, f) is getattr(d, f), f
+    assert g.stop_gradient == d.stop_gradient and g.balanced_log == d.balanced_log
+    rng = np.random.default_rng(0)
+    params = S.param_values(name)
+    for _ in range(4):
+        pt = dict(zip((P.PI_P, P.PI_M, P.REF_P, P.REF_M), rng.uniform(0.05, 0.9, 4).tolist()))
+        pt.update(zip(d.params.values(), params))
+        assert P.evaluate(g.ratio, pt) == pytest.approx(P.evaluate(d.d_pi_r / d.d_pi_c, pt), rel=1e-12)
 
 
 @pytest.mark.parametrize("name", L.LOSS_NAMES)
@@ -228,7 +249,7 @@ def test_gradient_path_matches_the_sympy_gradients(name):
     path = P.gradient_path(name, params, 0.3, 0.12, 0.2, 1e-6, 7)
     g = P.gradients(name)
     subs = P._param_subs(name, params)
-    for which, key in (("d_pi_plus", "d_pi_plus"), ("d_pi_minus", "d_pi_minus")):
+    for which, key in (("d_pi_c", "d_pi_plus"), ("d_pi_r", "d_pi_minus")):
         expr = getattr(g, which).xreplace(subs)
         for pm, val in zip(path["pi_minus"], path[key]):
             ref = P.evaluate(expr, {P.PI_P: 0.3, P.PI_M: float(pm), P.REF_P: 0.12, P.REF_M: 0.2})
@@ -282,101 +303,12 @@ def test_notes_show_the_missing_conditions():
     r = n["004-cor1"].check()
     assert r["|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.1, pi_l = 0.3"] == pytest.approx(3.0, rel=1e-12)  # positively imbalanced
     assert r["|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.3, pi_l = 0.1"] == pytest.approx(1 / 3, rel=1e-12)
-    assert r"mu\_p" in P.note_markdown(n["004-thm3"], str)     # escaped: not Markdown emphasis
 
 
-# ------------------------------------------------------------------------------------ the chapter's views
-def _balanced(tex):
-    """Braces and \\left/\\right pairs balance within one line (as MathJax needs in each aligned row)."""
-    depth = lefts = 0
-    for m in re.finditer(r"\\left\\?.|\\right\\?.|(?<!\\)[{}]", tex):
-        t = m.group()
-        if t == "{":
-            depth += 1
-        elif t == "}":
-            depth -= 1
-        elif t.startswith("\\left"):
-            lefts += 1
-        else:
-            lefts -= 1
-        if depth < 0 or lefts < 0:
-            return False
-    return depth == 0 and lefts == 0
+def test_display_latex_uses_powers_not_roots():
+    assert P.display_latex(P.PI_M ** sp.Rational(1, 10)) == r"\left(\pi^{-}\right)^{1/10}"
 
 
-def test_md_escape_keeps_plain_text_plain():
-    assert P.md_escape("pi+_{i,c} * |dl/dpi-| [x] $y$") == r"pi+\_{i,c} \* \|dl/dpi-\| \[x\] \$y\$"
-
-
-def test_tex_width_follows_tex_sizes():
-    w = P.tex_width
-    assert w("x") == pytest.approx(1.0)
-    assert w("x^{2}") == pytest.approx(1.7)                 # a superscript in script size
-    assert w(r"\frac{a}{b}") < w("ab")                      # a fraction is as wide as its wider part
-    assert w(r"\frac{abcd}{b}") > w(r"\frac{ab}{b}")
-    assert w(r"\left( x \right)") == pytest.approx(w("(x)") + 0.1)
-    assert w(r"\text{printed:}") == pytest.approx(0.75 * 8)
-
-
-@pytest.mark.parametrize("eid", ["004-eq4", "004-eq36", "004-eq25", "004-eq47", "004-eq43"])
-def test_break_lines_cuts_wide_errata_into_valid_lines(eid):
-    e = P.ERRATA_BY_ID[eid]
-    budget = P.WIDTH_BOX - 3                                # as erratum_markdown cuts them
-    assert P.tex_width(P._tex(e.printed)) > budget or P.tex_width(P._tex(e.corrected)) > budget
-    for expr in (e.printed, e.corrected):
-        lines = P.break_lines(expr, budget)
-        assert len(lines) >= 2 or P.tex_width(lines[0]) <= budget, eid
-        assert all(_balanced(ln) for ln in lines), lines
-        assert max(map(P.tex_width, lines)) <= budget, lines
-        joined = " ".join(lines)
-        assert joined.count(r"\Bigl") + joined.count(r"\biggl") == joined.count(r"\Bigr") + joined.count(r"\biggr")
-        if isinstance(expr, sp.Add) and r"\Bigl" not in joined and r"\biggl" not in joined:
-            # a sum cut between its terms is the same LaTeX, only split
-            assert re.sub(r"\s+", "", joined) == re.sub(r"\s+", "", P._tex(expr))
-
-
-def test_break_lines_keeps_what_fits_on_one_line():
-    expr = P.ERRATA_BY_ID["000-cor1"].corrected
-    assert P.break_lines(expr, 40) == [P._tex(expr)]
-    wide = P.gradients("dpop").d_pi_plus                    # a fraction: nothing to cut, set smaller
-    assert P.break_lines(wide, 10)[0].startswith(r"\small ")
-
-
-def test_tex_uses_powers_not_roots():
-    assert P._tex(P.PI_M ** sp.Rational(1, 10)) == r"\left(\pi^{-}\right)^{1/10}"
-
-
-def test_views_fit_the_page():
-    names = ["dpo", "slic"]
-    rows = P.comparison_table(names, P.loss_params({}, names))
-    for t in (P.comparison_view(rows), P.params_view(P.loss_params({})), P.papers_view({"000 eq. 6": 0.0}),
-              P.errata_view({"000-cor1": P.ERRATA_BY_ID["000-cor1"].check()})):
-        assert len(t.columns) <= 5 and "<table" in t._repr_html_()
-    view = P.comparison_view(rows)
-    assert view.cell("DPO", "balanced (log)") is True and view.cell("SLiC", "|∂ℓ/∂π⁻| →") == "0"
-    assert "sympy" not in view.text() and "∞" in view.text()
-
-
-def test_loss_markdown_is_myst_math():
-    rows = P.comparison_table(["dpop"], P.loss_params({}, ["dpop"]))
-    md = P.loss_markdown("dpop", rows["dpop"])
-    assert md.startswith("### DPOP") and md.count("$$") % 2 == 0
-    assert r"\begin{aligned}" in md and "Heaviside" in md and "**no**" in md
-    assert r"\sqrt[" not in md                              # powers, not roots
-
-
-def test_erratum_markdown_is_one_box_with_both_forms():
-    for k, e in enumerate(P.ERRATA, 1):
-        md = P.erratum_markdown(e, k)
-        assert md.startswith(f":::{{admonition}} Erratum {k}: {e.paper}") and md.endswith(":::")
-        assert md.count(":::") == 2 and md.count("$$") % 2 == 0
-        assert ("printed:" in md and "corrected:" in md) or ("Printed:" in md and "Corrected:" in md)
-        assert "\n#" not in md                               # no headings inside a box
-
-
-def test_printed_markdown_lists_every_agreeing_form():
-    agree = {p.key: 0.0 for p in P.PRINTED}
-    md = P.printed_markdown(agree).splitlines()
-    assert len(md) == 2 + len(P.PRINTED) and all(ln.startswith("| ") for ln in md)
-    by = P.printed_agreement(agree)
-    assert sum(map(len, by.values())) == len(P.PRINTED) and set(by) == {"000", "002", "004"}
+def test_printed_agreement_groups_by_paper():
+    by = P.printed_agreement({p.key: 0.0 for p in P.PRINTED})
+    assert sum(map(len, by.values())) == len(P.PRINTED) and set(by) == set(P.PAPERS)

@@ -22,8 +22,12 @@ Contents
 - :data:`NOTES`: printed claims (not equations) that hold only under a condition the paper does not state,
   each with the numbers that show it;
 - :func:`comparison_table`: the chapter's table of all losses (gradient ratio, does dl/dpi+ vanish as
-  pi- -> 0, balanced in log space?), computed from :mod:`prefdyn.symbolic`;
-- :func:`latex`: LaTeX of an expression with the book's symbol names.
+  pi- -> 0, balanced in log space?), computed from :mod:`prefdyn.symbolic`; :func:`gradient_path`, both
+  gradients along a path of falling pi- (torch); :func:`printed_agreement`, the agreeing forms by paper;
+- :func:`latex`, :func:`display_latex`: LaTeX of an expression with the book's symbol names.
+
+The ``gradients`` chapter shows all this through :mod:`prefdyn.chapters.gradients_view` (tables, Markdown,
+the figure); nothing here renders.
 
 Conventions
 -----------
@@ -37,19 +41,24 @@ loss zoo's ``beta`` (as in TRL); 000's flex-beta ``beta^+``, ``beta^-`` are ``be
 Derivations of things that are not losses of the zoo (the softmax Jacobian, 004 Theorem 1's logit update
 ``Delta s_i`` of one gradient step, the token-level gradients of 000 App. B.1) are done here, by sympy
 differentiation of the model the paper states; derivations of the zoo's losses come from
-:mod:`prefdyn.symbolic` (the one independent sympy derivation), mapped onto this module's symbols.
+:func:`prefdyn.symbolic.derive` (the one independent sympy derivation), and so do their symbols (this
+module names them ``PI_P``, ``PI_M``, ... for ``symbolic.PI_C``, ``symbolic.PI_R``, ...).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence
 
 import sympy as sp
+
+from . import symbolic
+from .symbolic import BETA, CLIP, DELTA, DLMIN, ETA, GAMMA
+from .symbolic import BETA_C as BETA_P, BETA_R as BETA_M, PI_C as PI_P, PI_R as PI_M
+from .symbolic import R_C as R_P, R_R as R_M, REF_C as REF_P, REF_R as REF_M
 
 __all__ = [
     "relative_error",
@@ -59,9 +68,11 @@ __all__ = [
     "ERRATA",
     "PRINTED_BY_KEY",
     "ERRATA_BY_ID",
+    "PAPERS",
     "SYMBOLS",
     "DOMAINS",
     "latex",
+    "display_latex",
     "evaluate",
     "random_points",
     "comparison_table",
@@ -69,33 +80,19 @@ __all__ = [
     "gradients",
     "derived",
     "loss_params",
-    "loss_markdown",
-    "md_escape",
-    "params_view",
-    "comparison_view",
-    "table_text",
     "printed_agreement",
-    "papers_view",
-    "printed_markdown",
-    "erratum_markdown",
-    "errata_view",
-    "errata_text",
     "Note",
     "NOTES",
-    "note_markdown",
-    "plot_gradient_paths",
 ]
 
 # ============================================================================ symbols
-PI_P, PI_M = sp.symbols("pi^+ pi^-", positive=True)          # policy probabilities pi(a+|x), pi(a-|x)
-REF_P, REF_M = sp.symbols("pi_0^+ pi_0^-", positive=True)    # reference probabilities pi_0(a+|x), pi_0(a-|x)
-BETA = sp.Symbol("beta", positive=True)
-BETA_P, BETA_M = sp.symbols("beta^+ beta^-", positive=True)  # flex-beta DPO (000 App. B.2.1)
-GAMMA = sp.Symbol("gamma", positive=True)                    # SFT weight (000 eq. 7); 004: gamma = eta g^2
-ETA = sp.Symbol("eta", positive=True)                        # IPO's eta (000 eq. 8) / SLiC's eta (000 eq. 11)
-DELTA = sp.Symbol("delta", positive=True)                    # SLiC margin (000 eq. 11)
+# The zoo's symbols are :mod:`prefdyn.symbolic`'s (imported at the top, under this module's +/- names):
+# PI_P, PI_M = pi(a+|x), pi(a-|x); REF_P, REF_M = pi_0(a+|x), pi_0(a-|x); BETA; BETA_P, BETA_M = flex-beta
+# DPO's beta+, beta- (000 App. B.2.1); GAMMA, the SFT weight (000 eq. 7; also 004's step gamma = eta g^2);
+# ETA, SLiC's eta (000 eq. 11; also 000's IPO eta, eq. 8); DELTA, SLiC's margin; CLIP, DLMIN = 004 eq. 26's
+# Delta lambda_max, Delta lambda_min; R_P, R_M the reward-model scores (000 Sec. 4). Those below are the
+# papers' own.
 X1, X2 = sp.symbols("x_1 x_2", positive=True)                # 002: x1 = pi+/pi0+, x2 = pi-/pi0-
-R_P, R_M = sp.symbols("r^+ r^-", real=True)                  # reward-model scores (000 Sec. 4)
 # 000 App. B.1, token level: position i of the chosen / rejected sequence, sampled token c, another token c',
 # and one more logit standing for the rest of the vocabulary; pi_{-i} is the product over the other positions.
 XC_P, XD_P, XO_P = sp.symbols("xc^+ xd^+ xo^+", real=True)
@@ -112,8 +109,6 @@ LAMC = sp.Symbol("lambda_c", positive=True)                   # 004 App. C: lamb
 W1, W2, W3 = sp.symbols("w_1 w_2 w_3", real=True)             # 004 Theorem 2: w_i
 LAM = sp.Symbol("lambda", positive=True)                      # 004 eq. 25-27: the nbDPO weight
 PW_DET = sp.Symbol("pi^+_det", positive=True)                 # 004 eq. 25: pi_theta^detached(y_w|x)
-CLIP_S = sp.Symbol(r"\Delta\lambda_{\max}", nonnegative=True)  # 004 eq. 26 (= symbolic.CLIP, the zoo's clip)
-DLMIN_S = sp.Symbol(r"\Delta\lambda_{\min}", nonpositive=True)  # 004 eq. 26 (= symbolic.DLMIN)
 R1, R2, R3 = sp.symbols("r_1 r_2 r_3", real=True)             # 004 eq. 4-5: rewards of three responses
 Q1, Q2, Q3 = sp.symbols("q_1 q_2 q_3", positive=True)         # 004 eq. 4-5: policy probabilities
 QREF1, QREF2, QREF3 = sp.symbols("q_ref1 q_ref2 q_ref3", positive=True)
@@ -142,6 +137,12 @@ def latex(expr: Any) -> str:
     return sp.latex(expr, symbol_names=LATEX_NAMES)
 
 
+def display_latex(expr: Any) -> str:
+    """LaTeX for display: the book's symbol names, powers written as powers (``(\\pi^-)^{1/10}``, not a
+    10th root, which is hard to read at the size of an exponent)."""
+    return sp.latex(expr, symbol_names=LATEX_NAMES, root_notation=False, fold_frac_powers=True)
+
+
 #: Where random test points are drawn, per symbol: ("log", lo, hi) log-uniform, ("lin", lo, hi) uniform,
 #: ("choice", values).
 DOMAINS: dict[sp.Symbol, tuple] = {
@@ -156,7 +157,7 @@ DOMAINS: dict[sp.Symbol, tuple] = {
     REF1: ("log", 1e-2, 0.9), REF2: ("log", 1e-2, 0.9), TAU: ("choice", (-1, 1)), LR: ("log", 1e-3, 0.1),
     G: ("log", 0.3, 3.0), CB: ("log", 0.3, 3.0), LAMC: ("lin", 0.05, 0.5),
     W1: ("lin", -2.0, 2.0), W2: ("lin", -2.0, 2.0), W3: ("lin", -2.0, 2.0), LAM: ("lin", 1.0, 1.5),
-    PW_DET: ("log", 1e-3, 0.95), CLIP_S: ("lin", 0.0, 1.0), DLMIN_S: ("lin", -0.5, 0.0),
+    PW_DET: ("log", 1e-3, 0.95), CLIP: ("lin", 0.0, 1.0), DLMIN: ("lin", -0.5, 0.0),
     R1: ("lin", -3.0, 3.0), R2: ("lin", -3.0, 3.0), R3: ("lin", -3.0, 3.0),
     Q1: ("log", 0.05, 0.9), Q2: ("log", 0.05, 0.9), Q3: ("log", 0.05, 0.9),
     QREF1: ("log", 0.05, 0.9), QREF2: ("log", 0.05, 0.9), QREF3: ("log", 0.05, 0.9),
@@ -249,64 +250,28 @@ def random_points(symbols: Sequence[sp.Symbol], n: int, seed: int = 0,
 
 
 # ============================================================================ the derivation side
-def _symbolic():
-    from . import symbolic  # imported lazily: printed.py is importable without it
-
-    return symbolic
-
-
-@dataclass(frozen=True)
-class Gradients:
-    """The light derivation of one loss in this module's symbols (see :func:`gradients`)."""
-
-    name: str
-    loss: sp.Expr          # the loss value (detached quantities substituted)
-    d_pi_plus: sp.Expr     # dl/dpi+
-    d_pi_minus: sp.Expr    # dl/dpi-
-    d_logp_plus: sp.Expr   # dl/dlog pi+ = pi+ dl/dpi+
-    d_logp_minus: sp.Expr  # dl/dlog pi-
-    ratio: sp.Expr         # (dl/dpi-) / (dl/dpi+), the direction of 000 Cor. 1
-    balanced_log: bool     # dl/dlog pi+ + dl/dlog pi- == 0 identically
-    loss_sg: sp.Expr       # the loss with the detached quantities as symbols sg[...]
-    stop_gradient: dict    # sg symbol -> its value
-    d_pi_plus_sg: sp.Expr  # dl/dpi+ with the detached quantities still as symbols (for display)
-    d_pi_minus_sg: sp.Expr
-
-
 @lru_cache(maxsize=None)
-def gradients(name: str) -> Gradients:
-    """Gradients of loss ``name`` differentiated from :mod:`prefdyn.symbolic`'s loss definition.
+def gradients(name: str) -> symbolic.Derivation:
+    """The derivation of loss ``name``: :func:`prefdyn.symbolic.derive`'s, with its ``ratio`` in the form
+    the chapter shows.
 
-    The loss (with its stop-gradient symbols, ``symbolic.loss_expr(name, stop_gradient=True)``) is the one
-    ``symbolic.derive`` differentiates; here only the first derivatives are taken, in this module's
-    symbols (``derive`` also computes leading orders and token-level gradients), and a test checks that
-    both agree.
-    Detached quantities (nbDPO's lambda and correction term, bDPO's lambda_w) are constants while
-    differentiating and substituted afterwards, as in :mod:`prefdyn.losses`. Symbols are this module's.
+    ``derive`` differentiates the loss (detached quantities constant, substituted afterwards, as in
+    :mod:`prefdyn.losses`); here only the ratio (dl/dpi-)/(dl/dpi+) is rewritten: simplified in the
+    stop-gradient form, where the common sigmoid factor cancels, then the detached values substituted.
+    Everything else is ``derive``'s (same symbols: this module's are :mod:`prefdyn.symbolic`'s).
     """
-    S = _symbolic()
-    expr_sg, sg = S.loss_expr(name, stop_gradient=True), S.stop_gradient_values(name)
-    rep = {S.PI_C: PI_P, S.PI_R: PI_M, S.REF_C: REF_P, S.REF_R: REF_M, S.BETA: BETA, S.BETA_C: BETA_P,
-           S.BETA_R: BETA_M, S.GAMMA: GAMMA, S.DELTA: DELTA, S.ETA: ETA}
-    gc_sg, gr_sg = sp.diff(expr_sg, S.PI_C), sp.diff(expr_sg, S.PI_R)
-    balanced = sp.simplify(sp.expand(S.PI_C * gc_sg + S.PI_R * gr_sg)) == 0
-
-    def fin(e: sp.Expr) -> sp.Expr:
-        return S.heaviside0(e.subs(sg)).xreplace(rep)
-
-    gc, gr = fin(gc_sg), fin(gr_sg)
-    ratio = fin(sp.simplify(S.heaviside0(gr_sg) / S.heaviside0(gc_sg)))
-    return Gradients(name=name, loss=fin(expr_sg), d_pi_plus=gc, d_pi_minus=gr, d_logp_plus=PI_P * gc,
-                     d_logp_minus=PI_M * gr, ratio=ratio, balanced_log=bool(balanced),
-                     loss_sg=expr_sg.xreplace(rep), stop_gradient={k: v.xreplace(rep) for k, v in sg.items()},
-                     d_pi_plus_sg=S.heaviside0(gc_sg).xreplace(rep), d_pi_minus_sg=S.heaviside0(gr_sg).xreplace(rep))
+    d = symbolic.derive(name)
+    ratio = symbolic.heaviside0(sp.simplify(d.d_pi_r_sg / d.d_pi_c_sg).subs(d.stop_gradient))
+    return replace(d, ratio=ratio)
 
 
-_WHAT = ("loss", "d_pi_plus", "d_pi_minus", "ratio", "d_logp_plus", "d_logp_minus")
+#: What :func:`derived` returns -> the :class:`prefdyn.symbolic.Derivation` field that holds it.
+_WHAT = {"loss": "loss", "d_pi_plus": "d_pi_c", "d_pi_minus": "d_pi_r", "ratio": "ratio",
+         "d_logp_plus": "d_logp_c", "d_logp_minus": "d_logp_r"}
 
 
 def derived(name: str, what: str, **params: sp.Symbol) -> sp.Expr:
-    """One derived quantity of loss ``name`` (:func:`gradients`), in this module's symbols.
+    """One derived quantity of loss ``name`` (:func:`gradients`).
 
     ``what`` is one of ``"loss"``, ``"d_pi_plus"``, ``"d_pi_minus"``, ``"ratio"`` ((dl/dpi-)/(dl/dpi+)),
     ``"d_logp_plus"``, ``"d_logp_minus"``. ``params`` renames a loss parameter to a paper's symbol, e.g.
@@ -314,15 +279,9 @@ def derived(name: str, what: str, **params: sp.Symbol) -> sp.Expr:
     """
     if what not in _WHAT:
         raise ValueError(f"what must be one of {', '.join(_WHAT)} (got {what!r})")
-    S = _symbolic()
-    expr = getattr(gradients(name), what)
+    expr = getattr(gradients(name), _WHAT[what])
     if params:
-        rep = {}
-        for pname, sym in params.items():
-            mine = {"beta": BETA, "beta_chosen": BETA_P, "beta_rejected": BETA_M, "gamma": GAMMA,
-                    "delta": DELTA, "eta": ETA}.get(pname, S.PARAM_SYMBOLS[name][pname])
-            rep[mine] = sym
-        expr = expr.xreplace(rep)
+        expr = expr.xreplace({symbolic.PARAM_SYMBOLS[name][k]: sym for k, sym in params.items()})
     return expr
 
 
@@ -520,8 +479,10 @@ LOSS_TOKEN = sp.log(1 + ALPHA_FLEX * SEQ_P ** (-BETA_P) * SEQ_M ** BETA_M)
 # 000 App. B.1: C(pi+, pi-) := alpha beta+ (pi+)^{-beta+} (pi-)^{beta-} (as printed), at the model's pi+-.
 C_TOKEN = ALPHA_FLEX * BETA_P * SEQ_P ** (-BETA_P) * SEQ_M ** BETA_M
 
-# 000 Sec. 4: the reward-model loss -log sigma(r+ - r-) (the derivation's starting point).
-LOSS_RM = -sp.log(sigma(R_P - R_M))
+# 000 Sec. 4: the reward-model loss -log sigma(r+ - r-) = log(1 + e^(r- - r+)) and its gradients w.r.t. the
+# two rewards, as :func:`prefdyn.symbolic.derive_reward_model` derives them.
+_RM = symbolic.derive_reward_model()
+LOSS_RM = _RM.loss
 
 # 004 Sec. 3-4: softmax over three responses (Lemma 1, eq. 6); the pair (i, j, tau) = (1, 2, tau), beta = 1.
 P1, P2, P3 = _softmax3(S1, S2, S3)
@@ -596,7 +557,7 @@ _DZ_M = sp.diff(Z_000, PI_M)            # 1/pi+
 _CHAIN = ALPHA_000 * BETA / (1 + ALPHA_000 * Z_000 ** BETA) * Z_000 ** (BETA - 1)
 _FLEX_CHAIN = ALPHA_FLEX / (1 + ALPHA_FLEX * Z_FLEX)
 _H_IPO = sp.log(PI_P * REF_M / (PI_M * REF_P))
-_LAMBDA_26 = 1 + sp.Min(sp.Max(sp.log(PI_P / PI_M), DLMIN_S), CLIP_S)  # 004 eq. 26, clip(x, lo, hi)
+_LAMBDA_26 = 1 + sp.Min(sp.Max(sp.log(PI_P / PI_M), DLMIN), CLIP)  # 004 eq. 26, clip(x, lo, hi)
 
 
 PRINTED: list[Printed] = [
@@ -659,13 +620,13 @@ PRINTED: list[Printed] = [
             sp.Integer(0), _d("slic", "d_pi_minus"), condition=_hinge_inactive, branch=_branch(False)),
     # ---------------------------------------------------------------- 000 Sec. 4 (reward model)
     Printed("000 Sec. 4 dl/dr+ (middle)", "000 Sec. 4", "dl^RM/dr+ = -e^(r- - r+) / (1 + e^(r- - r+))",
-            -sp.exp(R_M - R_P) / (1 + sp.exp(R_M - R_P)), lambda: sp.diff(LOSS_RM, R_P)),
+            -sp.exp(R_M - R_P) / (1 + sp.exp(R_M - R_P)), lambda: _RM.d_r_c),
     Printed("000 Sec. 4 dl/dr+", "000 Sec. 4", "dl^RM/dr+ = -1 / (1 + e^(r+ - r-))",
-            -1 / (1 + sp.exp(R_P - R_M)), lambda: sp.diff(LOSS_RM, R_P)),
+            -1 / (1 + sp.exp(R_P - R_M)), lambda: _RM.d_r_c),
     Printed("000 Sec. 4 dl/dr- (middle)", "000 Sec. 4", "dl^RM/dr- = e^(r- - r+) / (1 + e^(r- - r+))",
-            sp.exp(R_M - R_P) / (1 + sp.exp(R_M - R_P)), lambda: sp.diff(LOSS_RM, R_M)),
+            sp.exp(R_M - R_P) / (1 + sp.exp(R_M - R_P)), lambda: _RM.d_r_r),
     Printed("000 Sec. 4 dl/dr-", "000 Sec. 4", "dl^RM/dr- = 1 / (1 + e^(r+ - r-))",
-            1 / (1 + sp.exp(R_P - R_M)), lambda: sp.diff(LOSS_RM, R_M)),
+            1 / (1 + sp.exp(R_P - R_M)), lambda: _RM.d_r_r),
     Printed("000 Sec. 4 loss", "000 Sec. 4 (rewritten in the gradient line)", "l^RM = log(1 + e^(r- - r+))",
             sp.log(1 + sp.exp(R_M - R_P)), lambda: LOSS_RM),
     # ---------------------------------------------------------------- 002 (x1 = pi+/pi0+, x2 = pi-/pi0-)
@@ -695,7 +656,7 @@ PRINTED: list[Printed] = [
     Printed("004 eq. 2", "004 Sec. 3.1, eq. 2", "(dL/dpi_w) / (dL/dpi_l) = -pi_l/pi_w",
             -PI_M / PI_P, lambda: derived("dpo", "d_pi_plus") / derived("dpo", "d_pi_minus")),
     Printed("004 eq. 3 (balance)", "004 Sec. 3.1, after eq. 3", "|dL_R/dr_w| = |dL_R/dr_l| (as the ratio of the two)",
-            sp.Integer(1), lambda: sp.Abs(sp.diff(LOSS_RM, R_P)) / sp.Abs(sp.diff(LOSS_RM, R_M))),
+            sp.Integer(1), lambda: sp.Abs(_RM.d_r_c) / sp.Abs(_RM.d_r_r)),
     Printed("004 eq. 5", "004 Sec. 3.1, eq. 5", "dL_ppo/dpi(y) of eq. 4 as printed (the KL-regularised return J)",
             R1 - BETA * sp.log(Q1 / QREF1) - BETA,
             lambda: sp.diff(sum(q * (r - BETA * sp.log(q / qr)) for q, r, qr in ((Q1, R1, QREF1), (Q2, R2, QREF2), (Q3, R3, QREF3))), Q1)),
@@ -714,7 +675,7 @@ PRINTED: list[Printed] = [
     Printed("004 Sec. 5.1 lambda for balance", "004 Sec. 5.1, after eq. 25", "the nbDPO weight that balances dL/dpi_w + dL/dpi_l = 0",
             PI_P / PI_M, lambda: sp.simplify(-derived("dpo", "d_pi_minus") / derived("dpo", "d_pi_plus"))),
     Printed("004 eq. 26", "004 Sec. 5.1, eq. 26", "lambda = 1 + clip(log(pi_w/pi_l), Delta lambda_min, Delta lambda_max)",
-            _LAMBDA_26, lambda: gradients("nbdpo").stop_gradient[_symbolic().SG_LAMBDA]),
+            _LAMBDA_26, lambda: gradients("nbdpo").stop_gradient[symbolic.SG_LAMBDA]),
     Printed("004 eq. 27", "004 Sec. 5.2, eq. 27 with lambda of eq. 26", "nbDPO v2 loss",
             -sp.log(sigma(BETA * _LAMBDA_26 * sp.log(PI_P / REF_P) - BETA * sp.log(PI_M / REF_M))), _d("nbdpo_v2", "loss")),
     Printed("004 eq. 28-29", "004 Sec. 5.3, eq. 28-29", "bDPO loss with lambda_w = log pi_l / (log pi_w + log pi_l)",
@@ -961,19 +922,10 @@ def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) 
 
 
 def _param_subs(name: str, p: Mapping[str, Any]) -> dict:
-    """Numeric (rational) values of loss ``name``'s parameters, keyed by the symbols of :func:`gradients`."""
-    S = _symbolic()
-    from .losses import delta_lambda_min
-
-    mine = {"beta": BETA, "beta_chosen": BETA_P, "beta_rejected": BETA_M, "gamma": GAMMA, "delta": DELTA,
-            "eta": ETA, "lam": S.LAM_DPOP, "clip": S.CLIP}
-    out = {}
-    for k, v in p.items():
-        if k == "symmetric":
-            out[S.DLMIN] = sp.Rational(repr(float(delta_lambda_min(p["clip"], v))))
-        else:
-            out[mine[k]] = sp.Rational(repr(float(v)))
-    return out
+    """Numeric (rational) values of loss ``name``'s parameters ``p``, keyed by their symbols
+    (:func:`prefdyn.symbolic.param_values`: ``symmetric`` becomes Delta lambda_min's value)."""
+    values = symbolic.param_values(name, **p)
+    return {sym: sp.Rational(repr(v)) for sym, v in zip(symbolic.PARAM_SYMBOLS[name].values(), values)}
 
 
 def gradient_path(name: str, params: Mapping[str, Any], pi_chosen: float, ref_chosen: float,
@@ -984,7 +936,6 @@ def gradient_path(name: str, params: Mapping[str, Any], pi_chosen: float, ref_ch
 
     Returns numpy arrays ``pi_minus``, ``d_pi_plus``, ``d_pi_minus`` (signed).
     """
-    import numpy as np
     import torch
 
     from .losses import logprob_grads
@@ -1026,17 +977,17 @@ def comparison_table(losses: Sequence[str], params: Mapping[str, Mapping[str, An
     - ``d_pi_plus_vanishes``: ``d_pi_plus_limit == '0'`` (000 Cor. 2's "degradation");
     - ``balanced_log``: dl/dlog pi+ + dl/dlog pi- == 0 identically (as the reward model's, 000 Sec. 4);
     - ``lead_d_pi_plus``, ``lead_d_pi_minus``: LaTeX of the leading terms (numeric parameters), and
-      ``lead_exprs``: the two as sympy expressions (None where undecided), for :func:`loss_markdown`.
+      ``lead_exprs``: the two as sympy expressions (None where undecided), for
+      :func:`prefdyn.chapters.gradients_view.loss_markdown`.
     """
-    S = _symbolic()
     rows: dict[str, dict[str, Any]] = {}
     for name in losses:
         p = params[name]
         g = gradients(name)
         subs = _param_subs(name, p)
-        gc, gr = g.d_pi_plus.xreplace(subs), g.d_pi_minus.xreplace(subs)
-        lc, lr = S.leading_order(gc, PI_M), S.leading_order(gr, PI_M)
-        lq = S.leading_order(g.ratio.xreplace(subs), PI_M)
+        gc, gr = g.d_pi_c.xreplace(subs), g.d_pi_r.xreplace(subs)
+        lc, lr = symbolic.leading_order(gc, PI_M), symbolic.leading_order(gr, PI_M)
+        lq = symbolic.leading_order(g.ratio.xreplace(subs), PI_M)
         if not lq.ok:                              # e.g. DPOP: sympy cannot take the ratio's limit directly,
             lq = lr.over(lc)                       # but it decides both gradients (as symbolic.derive does)
         path = gradient_path(name, p, pi_chosen, ref_chosen, ref_rejected, pi_rejected_end, 2)
@@ -1050,484 +1001,26 @@ def comparison_table(losses: Sequence[str], params: Mapping[str, Mapping[str, An
             "d_pi_minus_limit": _tends(lr),
             "d_pi_plus_vanishes": _tends(lc) == "0",
             "balanced_log": bool(g.balanced_log),
-            "lead_d_pi_plus": _tex(le_c) if le_c is not None else "undecided",
-            "lead_d_pi_minus": _tex(le_r) if le_r is not None else "undecided",
+            "lead_d_pi_plus": display_latex(le_c) if le_c is not None else "undecided",
+            "lead_d_pi_minus": display_latex(le_r) if le_r is not None else "undecided",
             "lead_exprs": (le_c, le_r),
         }
     return rows
 
 
-# ============================================================================ chapter rendering (tables and Markdown)
-# The ``gradients`` chapter shows its results through these views: Markdown (parsed as MyST by the book, so
-# ``$...$`` and ``$$...$$`` are typeset) and :class:`prefdyn.tables.Table` (HTML in the book, aligned text
-# for nbval). Everything here is a deterministic function of the derivations: no numbers from a run
-# except float64 evaluations rounded by ``fmt``.
-_TENDS = {"0": r"\to 0", "finite": r"\to \text{a finite non-zero value}", "inf": r"\to \infty",
-          "undecided": r"\text{(sympy could not decide)}"}
-_TENDS_TEXT = {"0": "0", "finite": "finite", "inf": "∞", "undecided": "undecided"}
-_PAPERS = ("000", "002", "004")
-_AUTHORS = {"000": "Yan et al.", "002": "Feng et al.", "004": "Ma et al."}
-#: Display names of the losses' parameters (as the papers write them).
-_PARAM_NAMES = {"beta": "β", "beta_chosen": "β⁺", "beta_rejected": "β⁻", "gamma": "γ", "delta": "δ", "eta": "η",
-                "lam": "λ", "clip": "Δλ_max", "symmetric": "symmetric clipping"}
-_MD_SPECIAL = "\\`*_[]<>$|~#"
-
-
-def _tex(expr: sp.Expr) -> str:
-    """LaTeX for display: the book's symbol names, powers written as powers (``(\\pi^-)^{1/10}``, not a
-    10th root, which is hard to read at the size of an exponent)."""
-    return sp.latex(expr, symbol_names=LATEX_NAMES, root_notation=False, fold_frac_powers=True)
-
-
-# ---------------------------------------------------------------- breaking wide formulas into lines
-#: Pixels per unit of :func:`tex_width` in the book's MathJax display math (measured on the built pages:
-#: 11.6-18.8, median 13.8; taken on the safe side), and the width budgets in units: the content column is about 688 px wide, a boxed
-#: block (admonition) about 620 px.
-PX_PER_UNIT = 15.0
-WIDTH_PAGE = 688 / PX_PER_UNIT
-WIDTH_BOX = 620 / PX_PER_UNIT
-
-_TEX_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|[{}^_&]|\s+|[^\\{}^_&\s]")
-_TEX_FUNCS = {"log": 2.2, "exp": 2.4, "min": 2.6, "max": 2.6, "sin": 2.0, "cos": 2.2, "lim": 2.0}
-_TEX_DELIMS = {"left", "right", "bigl", "bigr", "Bigl", "Bigr", "biggl", "biggr"}
-_TEX_SPACES = {"quad": 1.8, "qquad": 3.6, ",": 0.3, ";": 0.5, ":": 0.4, "!": -0.3, " ": 0.4}
-_TEX_RELATIONS = {"to", "sim", "equiv", "gg", "ll", "leq", "geq", "approx", "cdot", "times"}
-
-
-def tex_width(tex: str) -> float:
-    """A rough rendered width of one line of display LaTeX, in units of about one italic letter (see
-    :data:`PX_PER_UNIT`), following TeX's styles: a fraction's parts one style smaller (display -> text ->
-    script -> scriptscript), sub- and superscripts in script size (0.7) or scriptscript size (0.5),
-    ``\\left``/``\\right`` their delimiter only. Good to about 20%: enough to decide where to break."""
-    toks = [t for t in _TEX_TOKEN.findall(tex) if not t.isspace()]
-    size = (1.0, 1.0, 0.7, 0.5)      # display, text, script, scriptscript
-    pos = 0
-
-    def raw_group() -> str:
-        nonlocal pos
-        if pos >= len(toks) or toks[pos] != "{":
-            return ""
-        depth, out = 0, []
-        while pos < len(toks):
-            t = toks[pos]
-            pos += 1
-            depth += (t == "{") - (t == "}")
-            if depth == 0:
-                break
-            if not (t == "{" and depth == 1):
-                out.append(t)
-        return "".join(out)
-
-    def arg(style: int) -> float:
-        nonlocal pos
-        if pos >= len(toks):
-            return 0.0
-        t = toks[pos]
-        pos += 1
-        return group(style) if t == "{" else one(t, style)
-
-    def one(t: str, style: int) -> float:
-        nonlocal pos
-        k = size[style]
-        if t.startswith("\\"):
-            name = t[1:]
-            if name == "frac":
-                inner = min(style + 1, 3)
-                return max(arg(inner), arg(inner)) + 0.3 * k
-            if name in ("text", "mathrm", "operatorname", "mathbf", "mathit"):
-                return 0.75 * k * len(raw_group())
-            if name in ("begin", "end"):
-                raw_group()
-                return 0.0
-            if name in _TEX_DELIMS:
-                d = toks[pos] if pos < len(toks) else "."
-                pos += 1
-                return 0.0 if d == "." else 0.6 * k
-            if name in ("mathbb", "mathcal", "hat", "bar", "tilde", "sqrt"):
-                return arg(style) + (0.6 * k if name == "sqrt" else 0.0)
-            if name in ("displaystyle", "textstyle", "limits", "nonumber", "\\"):
-                return 0.0
-            if name in _TEX_FUNCS:
-                return _TEX_FUNCS[name] * k
-            if name in _TEX_SPACES:
-                return _TEX_SPACES[name] * k
-            return (2.0 if name in _TEX_RELATIONS else 1.0) * k
-        if t in "^_":
-            return arg(max(2, min(style + 1, 3)))
-        if t == "{":
-            return group(style)
-        if t in "+-=<>":
-            return (2.0 if style < 2 else 1.0) * k
-        if t in "()[]|":
-            return 0.55 * k
-        if t in ",.;:'":
-            return 0.4 * k
-        if t.isalpha() and t.isupper():       # capitals are wider than the italic lower-case letter
-            return 1.3 * k
-        return 0.0 if t in "&}" else k
-
-    def group(style: int) -> float:
-        nonlocal pos
-        total = 0.0
-        while pos < len(toks):
-            t = toks[pos]
-            pos += 1
-            if t == "}":
-                return total
-            total += one(t, style)
-        return total
-
-    total = 0.0
-    while pos < len(toks):
-        t = toks[pos]
-        pos += 1
-        total += one(t, 0)
-    return total
-
-
-# A sum stands in for the sum being cut, so that sympy brackets it exactly as it brackets a sum there.
-_PLACEHOLDER = sp.Symbol("XQHOLDA") + sp.Symbol("XQHOLDB")
-_GROUP_TOKEN = re.compile(r"\\left\\?.|\\right\\?.|[{}]")
-
-
-def _unwrap(prefix: str, suffix: str) -> tuple[str, str] | None:
-    """Make ``prefix`` + (lines) + ``suffix`` valid across aligned rows: the groups that ``prefix`` opens
-    and ``suffix`` closes become ``\\Bigl(`` ... ``\\Bigr)`` (``{\\left(`` loses its brace). None when a
-    group cannot be split (e.g. the argument of ``\\frac``)."""
-    stack = []
-    for m in _GROUP_TOKEN.finditer(prefix):
-        t = m.group()
-        if t == "{" or t.startswith("\\left"):
-            stack.append(m)
-        elif stack:
-            stack.pop()
-    closers, depth = [], 0
-    for m in _GROUP_TOKEN.finditer(suffix):
-        t = m.group()
-        if t == "{" or t.startswith("\\left"):
-            depth += 1
-        elif depth:
-            depth -= 1
-        else:
-            closers.append(m)
-    if len(closers) != len(stack):
-        return None
-    pre_edits, suf_edits = [], []
-    for opener, closer in zip(reversed(stack), closers):
-        o, c = opener.group(), closer.group()
-        if o.startswith("\\left") and c.startswith("\\right"):
-            pre_edits.append((opener.span(), r"\Bigl" + o[5:]))
-            suf_edits.append((closer.span(), r"\Bigr" + c[6:]))
-        elif o == "{" and c == "}" and prefix[opener.end():].lstrip().startswith("\\left"):
-            pre_edits.append((opener.span(), ""))
-            suf_edits.append((closer.span(), ""))
-        else:
-            return None
-
-    def apply(text, edits):
-        for (a, b), rep in sorted(edits, reverse=True):
-            text = text[:a] + rep + text[b:]
-        return text
-
-    return apply(prefix, pre_edits), apply(suffix, suf_edits)
-
-
-def _terms(expr: sp.Expr) -> list[str]:
-    """The LaTeX of the terms of a sum, each with its sign: ``["a", "+ b", "- c"]``."""
-    out = []
-    for k, t in enumerate(expr.as_ordered_terms()):
-        tex = _tex(t)
-        if k and not tex.lstrip().startswith("-"):
-            tex = "+ " + tex
-        out.append(tex)
-    return out
-
-
-def _chunks(pieces: Sequence[str], budget: float, first: float | None = None) -> list[str]:
-    """``pieces`` joined greedily into lines of at most ``budget`` (the first line: ``first``)."""
-    lines: list[str] = []
-    for piece in pieces:
-        room = first if first is not None and len(lines) == 1 else budget
-        if lines and tex_width(lines[-1] + " " + piece) <= room:
-            lines[-1] += " " + piece
-        else:
-            lines.append(piece)
-    return lines
-
-
-def break_lines(expr: sp.Expr, budget: float) -> list[str]:
-    """The LaTeX of ``expr`` as one line, or, when :func:`tex_width` says it is wider than ``budget``,
-    as several lines: a sum is cut between its terms, or else a sum inside it whose brackets can be
-    split across lines (a function's argument, a factor in brackets; not a fraction's numerator), its
-    brackets becoming ``\\Bigl(``/``\\Bigr)``. Continuation lines start with their operator; join them
-    with ``\\\\`` in an aligned environment. The first cut whose lines all fit wins, else the one with
-    the narrowest widest line if that is clearly narrower; else one line in ``\\small`` type."""
-    tex = _tex(expr)
-    if tex_width(tex) <= budget:
-        return [tex]
-    options = []
-    if isinstance(expr, sp.Add):
-        options.append(_chunks(_terms(expr), budget))
-    mark = _tex(_PLACEHOLDER)
-    candidates = sorted({a for a in sp.preorder_traversal(expr) if isinstance(a, sp.Add) and a is not expr},
-                        key=lambda a: (-tex_width(_tex(a)), _tex(a)))
-    for sub in candidates:
-        whole = _tex(expr.xreplace({sub: _PLACEHOLDER}))
-        if whole.count(mark) != 1:
-            continue
-        cut = _unwrap(*whole.split(mark))
-        if cut is None:
-            continue
-        prefix, suffix = cut
-        if "frac" in _tex(sub):
-            prefix, suffix = prefix.replace(r"\Bigl", r"\biggl"), suffix.replace(r"\Bigr", r"\biggr")
-        terms = _terms(sub)
-        lines = _chunks(terms, budget - 2.0, first=budget - tex_width(prefix))
-        if tex_width(prefix + lines[0]) > budget:          # the first term does not fit after the prefix:
-            if tex_width(prefix) < 0.2 * budget:           # give the prefix a line of its own, unless tiny
-                continue
-            lines = [prefix] + _chunks(terms, budget - 2.0)
-        else:
-            lines[0] = prefix + lines[0]
-        if min(map(tex_width, lines)) < 0.2 * budget:     # no line of a lone "1" or "+ 1)"
-            continue
-        lines[-1] = lines[-1] + suffix
-        if len(lines) > 1:
-            options.append(lines)
-    for lines in options:
-        if max(map(tex_width, lines)) <= budget:
-            return lines
-    best = min(options, key=lambda ls: max(map(tex_width, ls)), default=None)
-    if best is not None and max(map(tex_width, best)) <= 0.8 * tex_width(tex):
-        return best
-    # Nothing to cut (e.g. a wide fraction): the formula is set a size smaller.
-    return [r"\small " + tex]
-
-
-def _rows(left: str, relation: str, lines: Sequence[str]) -> list[tuple[str, str]]:
-    """Aligned rows for ``left relation lines[0]``, continuation lines indented under the right side."""
-    return [(left, f"{relation} {lines[0]}")] + [("", rf"\quad {ln}") for ln in lines[1:]]
-
-
-def _simplified(expr: sp.Expr) -> sp.Expr:
-    """A derived gradient in the form the chapter shows (logs expanded, powers combined, simplified)."""
-    return sp.simplify(sp.powsimp(sp.expand_log(expr, force=True), force=True))
-
-
-def _display(expr: sp.Expr) -> str:
-    return _tex(_simplified(expr))
-
-
-def md_escape(text: str) -> str:
-    """``text`` with the characters Markdown would read as markup escaped (the errata's and notes' plain-text
-    explanations write ``pi+_{i,c}``, ``|dl/dpi-|``, ``*``...)."""
-    return "".join("\\" + c if c in _MD_SPECIAL else c for c in text)
-
-
-def _aligned(rows: Sequence[tuple[str, str]], gap: str = "6pt") -> str:
-    """A display block ``$$\\begin{aligned} left &= right \\\\ ... \\end{aligned}$$`` (``rows`` of
-    ``(left, right)``, ``right`` starting with its relation)."""
-    body = (rf" \\[{gap}]" + "\n").join(f"{a} &{b}" for a, b in rows)
-    return "$$\n\\begin{aligned}\n" + body + "\n\\end{aligned}\n$$"
-
-
-def params_view(params: Mapping[str, Mapping[str, Any]]) -> "Table":
-    """The per-loss parameters of :func:`loss_params` as a :class:`prefdyn.tables.Table`: β (β⁺ / β⁻ for
-    flex-β DPO) and the loss's other parameters."""
-    from .plotting import loss_label
-    from .results import fmt
-    from .tables import Table, cell_text
-
-    def one(k, v):
-        return f"{_PARAM_NAMES.get(k, k)} = {cell_text(v) if isinstance(v, bool) else fmt(v)}"
-
-    rows = []
-    for n, p in params.items():
-        betas = [fmt(p[k]) for k in ("beta", "beta_chosen", "beta_rejected") if k in p]
-        other = [one(k, v) for k, v in p.items() if not k.startswith("beta")]
-        rows.append((loss_label(n), [" / ".join(betas) or None, ", ".join(other) or None]))
-    return Table(["β", "other parameters"], rows, corner="loss", note="flex-β DPO: β⁺ / β⁻.")
-
-
-def loss_markdown(name: str, row: Mapping[str, Any]) -> str:
-    """Markdown for one loss of the ``gradients`` chapter: definition, gradients, ratio, leading terms as
-    pi- -> 0 and their limits, balance in log space. Wide formulas are broken into lines
-    (:func:`break_lines`) so that nothing is cut off at the book's column width.
-
-    ``row`` is the loss's row of :func:`comparison_table` (limits for the run's parameter values).
-    """
-    from .losses import LOSS_SOURCES
-    from .plotting import loss_label
-
-    g = gradients(name)
-    d, budget = r"\partial \ell", WIDTH_PAGE - 6.5       # room for the left side, e.g. "dl/dpi+ ="
-    lines = [f"### {loss_label(name)}", "",
-             f"`{name}` in `prefdyn.losses`; source: {md_escape(LOSS_SOURCES[name])}.", ""]
-    definition = _rows(r"\ell", "=", break_lines(g.loss_sg, budget))
-    for k, v in g.stop_gradient.items():
-        definition += _rows(_tex(k), "=", break_lines(v, budget))
-    lines += [_aligned(definition), ""]
-    notes = []
-    if g.stop_gradient:
-        notes.append(r"$\operatorname{sg}[\cdot]$ marks a detached quantity: a constant for the gradient.")
-    if g.d_pi_plus_sg.has(sp.Heaviside) or g.d_pi_minus_sg.has(sp.Heaviside):
-        notes.append(r"$\theta(u, 0)$ is the Heaviside step: 1 for $u > 0$, 0 for $u \le 0$.")
-    if notes:
-        lines += [" ".join(notes), ""]
-    grads = (_rows(rf"\frac{{{d}}}{{\partial \pi^+}}", "=", break_lines(_simplified(g.d_pi_plus_sg), budget))
-             + _rows(rf"\frac{{{d}}}{{\partial \pi^-}}", "=", break_lines(_simplified(g.d_pi_minus_sg), budget))
-             + _rows(rf"\frac{{{d} / \partial \pi^-}}{{{d} / \partial \pi^+}}", "=", break_lines(g.ratio, budget)))
-    lines += ["Its gradients:", "", _aligned(grads, "10pt"), ""]
-    lead_c, lead_r = row.get("lead_exprs", (None, None))
-    lead = []
-    for which, expr, tex in (("+", lead_c, row["lead_d_pi_plus"]), ("-", lead_r, row["lead_d_pi_minus"])):
-        body = break_lines(expr, budget) if expr is not None else [tex if tex != "undecided" else r"\text{?}"]
-        lead += _rows(rf"\frac{{{d}}}{{\partial \pi^{which}}}", r"\sim", body)
-    lines += [r"As $\pi^- \to 0$, with this run's parameter values (leading terms):", "", _aligned(lead, "10pt"), "",
-              rf"So $|{d}/\partial \pi^+| {_TENDS[row['d_pi_plus_limit']]}$, "
-              rf"$|{d}/\partial \pi^-| {_TENDS[row['d_pi_minus_limit']]}$ and their ratio "
-              rf"${_TENDS[row['ratio_limit']]}$. Balanced in log space "
-              rf"($\partial \ell/\partial \log\pi^+ + \partial \ell/\partial \log\pi^- \equiv 0$): "
-              f"**{'yes' if row['balanced_log'] else 'no'}**."]
-    return "\n".join(lines)
-
-
-def comparison_view(rows: Mapping[str, Mapping[str, Any]]) -> "Table":
-    """The comparison of :func:`comparison_table` as a :class:`prefdyn.tables.Table`: one row per loss, the
-    gradient ratio at the end of the path, the limits as pi- -> 0 and the log-space balance (5 columns)."""
-    from .plotting import loss_label
-    from .tables import Table
-
-    columns = ["ratio at end", "ratio →", "|∂ℓ/∂π⁺| →", "|∂ℓ/∂π⁻| →", "balanced (log)"]
-    body = [(loss_label(n), [r["ratio_at_end"], _TENDS_TEXT[r["ratio_limit"]], _TENDS_TEXT[r["d_pi_plus_limit"]],
-                             _TENDS_TEXT[r["d_pi_minus_limit"]], bool(r["balanced_log"])]) for n, r in rows.items()]
-    return Table(columns, body, corner="loss",
-                 note="ratio = |∂ℓ/∂π⁻| / |∂ℓ/∂π⁺|; 'at end': at the end of the path; "
-                      "→: the limit as π⁻ → 0 (0, finite or ∞).")
-
-
-def table_text(rows: Mapping[str, Mapping[str, Any]], fmt: Callable[[Any], str] | None = None) -> str:
-    """The comparison table as aligned text (kept for scripts; the chapter shows :func:`comparison_view`)."""
-    return comparison_view(rows).text()
+#: The seed papers, by their file number in ``shared/seeds``.
+PAPERS = ("000", "002", "004")
 
 
 def printed_agreement(agree: Mapping[str, float]) -> dict[str, dict[str, float]]:
     """The largest relative differences of the printed forms that agree (``{key: max_relative_error}``, keys
     of :data:`PRINTED`), grouped by paper: ``{paper: {location: err}}`` with the paper number taken off the
     key."""
-    out: dict[str, dict[str, float]] = {p: {} for p in _PAPERS}
+    out: dict[str, dict[str, float]] = {p: {} for p in PAPERS}
     for key, err in agree.items():
         paper, _, rest = key.partition(" ")
         out.setdefault(paper, {})[rest] = err
     return {p: v for p, v in out.items() if v}
-
-
-def papers_view(agree: Mapping[str, float], errata: Sequence[Erratum] | None = None) -> "Table":
-    """Per paper: how many printed gradient forms agree with the derivation, their largest relative
-    difference, and how many errata (one row per paper)."""
-    from .tables import Table
-
-    errata = ERRATA if errata is None else errata
-    by = printed_agreement(agree)
-    rows = [(f"{p} ({_AUTHORS[p]})", [len(by.get(p, {})), max(by[p].values()) if by.get(p) else None,
-                                     sum(e.paper == p for e in errata)]) for p in _PAPERS]
-    return Table(["forms that agree", "largest rel. difference", "errata"], rows, corner="paper")
-
-
-def printed_markdown(agree: Mapping[str, float]) -> str:
-    """A MyST table of every printed form that agrees: where it is printed, what it is, and the largest
-    relative difference between print and derivation (``agree`` as in :func:`printed_agreement`)."""
-    from .results import fmt
-
-    lines = ["| printed in | what | largest rel. difference |", "| :-- | :-- | --: |"]
-    for key, err in agree.items():
-        e = PRINTED_BY_KEY[key]
-        what = e.what + (" (leading order)" if e.limit is not None and "leading" not in e.what else "")
-        lines.append(f"| {md_escape(e.source)} | {md_escape(what)} | {fmt(err)} |")
-    return "\n".join(lines)
-
-
-def erratum_markdown(e: Erratum, number: int | None = None) -> str:
-    """Markdown for one erratum, as one boxed block: where and what, the printed and the corrected form
-    one above the other, and why (``number``: its number in the chapter, shown in the title). Forms that
-    fit beside their labels are aligned in one display; wider ones get a display each, broken into lines
-    (:func:`break_lines`)."""
-    defs = e._definitions() if not callable(e.definitions) else {}
-    title = f"Erratum {number}: " if number is not None else "Erratum: "
-    lines = [f":::{{admonition}} {title}{md_escape(e.paper)} {md_escape(e.where)}", ":class: note", "",
-             f"**{md_escape(e.kind[:1].upper() + e.kind[1:])}** in ${e.quantity}$.", ""]
-    label = tex_width(r"\text{corrected:}\quad")
-    if max(tex_width(latex(e.printed)), tex_width(latex(e.corrected))) + label <= WIDTH_BOX:
-        rows = [(r"\text{printed:}", rf"\quad {latex(e.printed)}"),
-                (r"\text{corrected:}", rf"\quad {latex(e.corrected)}")]
-        lines += [_aligned(rows, "8pt"), ""]
-    else:
-        for name, expr in (("Printed", e.printed), ("Corrected", e.corrected)):
-            body = break_lines(expr, WIDTH_BOX - 3)
-            rows = [("", body[0])] + [("", rf"\quad {ln}") for ln in body[1:]]
-            lines += [f"{name}:", "", _aligned(rows, "6pt"), ""]
-    if C_SYM in defs:
-        a = sp.Symbol("alpha")
-        lines += [rf"Here ${latex(C_SYM)} = {latex(a * BETA_P * PI_P ** (-BETA_P) * PI_M ** BETA_M)}$ with "
-                  rf"$\alpha = {latex(ALPHA_FLEX)}$; $\pi^\pm_{{i,c}}$ is the softmax probability of token $c$ "
-                  r"at position $i$ and $x^\pm_{i,c}$ its logit.", ""]
-    lines += [md_escape(e.explanation), ":::"]
-    return "\n".join(lines)
-
-
-def errata_view(checks: Mapping[str, Mapping[str, Any]]) -> "Table":
-    """The errata's numeric checks (``{id: Erratum.check()}``) as a :class:`prefdyn.tables.Table`: the
-    printed form and the derivation at the erratum's point, and the relative errors of the printed and of
-    the corrected form against the derivation (4 columns). Rows are numbered like
-    :func:`erratum_markdown`'s boxes, in the order of ``checks``."""
-    from .tables import Table
-
-    rows = []
-    for k, (i, c) in enumerate(checks.items(), 1):
-        rows.append((f"{k} ({ERRATA_BY_ID[i].paper})",
-                     [c["printed"], c["derivation"], c["printed_rel_err"], c["corrected_rel_err"]]))
-    return Table(["printed", "derivation", "rel. err. printed", "rel. err. corrected"], rows,
-                 corner="erratum", note="rel. err.: |form − derivation| / |derivation| at the erratum's point "
-                                        "(the points and the corrected forms' values are saved with the results).")
-
-
-def errata_text(checks: Mapping[str, Mapping[str, Any]], fmt: Callable[[Any], str] | None = None) -> str:
-    """The errata's numeric checks as aligned text (kept for scripts; the chapter shows :func:`errata_view`)."""
-    return errata_view(checks).text()
-
-
-def plot_gradient_paths(paths: Mapping[str, Mapping[str, Any]], ncols: int = 3, panel=(2.4, 2.0)):
-    """Small multiples, one panel per loss: |dl/dpi+| and |dl/dpi-| against pi- (log-log) along the
-    paths of :func:`gradient_path`. Exact zeros (e.g. SLiC's inactive hinge) are left out of the log plot.
-
-    Sized for the book's content column (about 7 inches at ``ncols=3``), with fonts that stay above 8 pt
-    there, few ticks per log axis, and one legend above the panels. Returns ``(fig, axes)``."""
-    import numpy as np
-    from matplotlib.ticker import LogLocator, NullFormatter
-
-    from .plotting import ROLE_COLORS, loss_label, small_multiples
-
-    fig, axes = small_multiples(len(paths), ncols=ncols, sharex=True, sharey=False, panel=panel)
-    lines = []
-    for ax, (name, path) in zip(axes, paths.items()):
-        x = np.asarray(path["pi_minus"])
-        for key, role, lab in (("d_pi_plus", "chosen", r"$|\partial\ell/\partial\pi^+|$ (chosen)"),
-                               ("d_pi_minus", "rejected", r"$|\partial\ell/\partial\pi^-|$ (rejected)")):
-            y = np.abs(np.asarray(path[key], dtype=float))
-            y = np.where(y > 0, y, np.nan)
-            lines += ax.loglog(x, y, color=ROLE_COLORS[role], label=lab)
-        ax.set_title(loss_label(name), fontsize=11)
-        ax.tick_params(labelsize=9.5)
-        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=4))
-        ax.yaxis.set_major_locator(LogLocator(base=10, numticks=4))
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_minor_locator(LogLocator(base=10, subs="auto", numticks=12))
-            axis.set_minor_formatter(NullFormatter())
-    axes[0].invert_xaxis()  # shared x: once inverts all panels
-    fig.legend(lines[:2], [ln.get_label() for ln in lines[:2]], loc="outside upper center", ncols=2, fontsize=10)
-    fig.supxlabel(r"$\pi^-$, falling from left to right", fontsize=10)
-    fig.supylabel("gradient magnitude", fontsize=10)
-    return fig, axes
 
 
 # ============================================================================ claims that need a condition
@@ -1574,14 +1067,3 @@ NOTES: list[Note] = [
          "With mu_p <= mu_q < y* that interval is empty; the condition must read y* < mu_p, as the proof "
          "assumes ('the closest local extremum of w(y) to mu_p').", None),
 ]
-
-
-def note_markdown(note: Note, fmt: Callable[[Any], str]) -> str:
-    """Markdown for one :class:`Note` as one boxed block: the printed claim, what it needs, and the
-    computed numbers that show it (formatted by ``fmt``)."""
-    lines = [f":::{{admonition}} {md_escape(note.source)}", ":class: note", "",
-             f"Printed: *{md_escape(note.claim)}*.", "", md_escape(note.finding)]
-    if note.check is not None:
-        lines += [""] + [f"- {md_escape(k)}: **{fmt(v)}**" for k, v in note.check().items()]
-    lines.append(":::")
-    return "\n".join(lines)

@@ -19,7 +19,9 @@ Public API (stable names; :mod:`prefdyn.printed` uses them):
 - :func:`stop_gradient_values`, :func:`heaviside0`, :func:`leading_order` building blocks (cheap).
 
 Symbols: :data:`PI_C`, :data:`PI_R`, :data:`REF_C`, :data:`REF_R`; the parameter symbols of a loss are
-``PARAM_SYMBOLS[name]`` (torch parameter name -> symbol). nbDPO's ``symmetric`` flag is the symbol
+``PARAM_SYMBOLS[name]`` (torch parameter name -> symbol); the reward-model scores :data:`R_C`, :data:`R_R`.
+:mod:`prefdyn.printed` uses these very symbols (one set of sympy assumptions: a ``Symbol`` with other
+assumptions would be another symbol). nbDPO's ``symmetric`` flag is the symbol
 :data:`DLMIN` (Delta lambda_min): ``derive(name)`` keeps it symbolic, ``derive(name, symmetric=False)``
 puts 0, ``symmetric=True`` puts ``1/(1+clip) - 1`` (004 Sec. 5.1).
 
@@ -83,6 +85,8 @@ __all__ = [
     "SG_LAMBDA_W",
     "S_C",
     "S_O",
+    "R_C",
+    "R_R",
     "PARAM_SYMBOLS",
     "LeadingOrder",
     "Derivation",
@@ -175,12 +179,16 @@ def _build(name: str) -> tuple[sp.Expr, dict[sp.Symbol, sp.Expr]]:
         return _neg_logsigmoid(BETA * (SG_LAMBDA * H_C - H_R)), {SG_LAMBDA: _nb_lambda()}
     if name == "bdpo":  # 004 eq. 28-29
         return _neg_logsigmoid(BETA * (SG_LAMBDA_W * H_C - (1 - SG_LAMBDA_W) * H_R)), {SG_LAMBDA_W: _bdpo_weight()}
-    raise _losses._unknown_loss(name)
+    raise _unknown_loss(name)
+
+
+def _unknown_loss(name: Any) -> ValueError:
+    return ValueError(f"unknown loss {name!r}; prefdyn.symbolic derives {', '.join(PARAM_SYMBOLS)}")
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or name not in _losses.LOSS_PARAM_RANGES:
-        raise _losses._unknown_loss(name)
+    if not isinstance(name, str) or name not in PARAM_SYMBOLS:
+        raise _unknown_loss(name)
     return name
 
 
@@ -575,7 +583,7 @@ def derive(name: str, symmetric: bool | None = None) -> Derivation:
 
 
 # ----------------------------------------------------------------------------- reward model (000 Sec. 4)
-R_C = sp.Symbol("r^+", real=True)
+R_C = sp.Symbol("r^+", real=True)  #: the reward-model score of the chosen response (000 Sec. 4)
 R_R = sp.Symbol("r^-", real=True)
 
 
