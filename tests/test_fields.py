@@ -275,50 +275,149 @@ def test_flows_are_deterministic():
         assert torch.equal(a[k].probs, b[k].probs)
 
 
+# ----------------------------------------------------------------------------- coordinates and the loss registry
+def test_coords_default_to_probabilities_everywhere():
+    """field_grid and loss_and_grad share one default, "prob" (002's ratios are asked for explicitly)."""
+    import inspect
+
+    for fn in (F.field_grid, F.loss_and_grad):
+        assert inspect.signature(fn).parameters["coords"].default == "prob", fn.__name__
+    fld = F.field_grid("dpo", 5, ref_chosen=0.5, ref_rejected=0.25)
+    assert fld.coords == "prob" and float(fld.chosen[-1]) < 1.0            # (0, 1], not (0, 1/pi_ref]
+    v, gc, gr = F.loss_and_grad("dpo", fld.chosen[1], fld.rejected[3], ref_chosen=0.5, ref_rejected=0.25)
+    assert torch.allclose(v, fld.value[3, 1]) and torch.allclose(gc, fld.grad_chosen[3, 1])
+    assert torch.allclose(gr, fld.grad_rejected[3, 1])
+
+
+@pytest.fixture
+def soft_hinge():
+    """A loss of the user's own, registered for one test (and removed afterwards); counts its calls."""
+    from prefdyn import losses
+
+    calls = {"fn": 0}
+
+    def soft_hinge(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, margin=1.0):
+        calls["fn"] += 1
+        h = (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)
+        return torch.nn.functional.softplus(margin - h)
+
+    name = "test_fields_soft_hinge"
+    losses.register(name, soft_hinge, replace=True)
+    try:
+        yield name, calls
+    finally:
+        losses.LOSSES.pop(name, None)
+
+
+def test_a_registered_loss_has_a_field_and_flows(soft_hinge, monkeypatch):
+    """Any loss of the registry works: parameters validated once per call (Loss.check), then Loss.fn on
+    every step of a flow."""
+    from prefdyn import losses
+
+    name, calls = soft_hinge
+    assert name in F.field_losses() and name not in F.FIELD_LOSSES and F.field_losses()[-1] == "reward_model"
+    assert F.check_field_params(name, "prob") == {"margin": 1.0}
+    fld = F.field_grid(name, 8, margin=2.0)
+    C, R = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
+    h = C.log() - R.log()                                                  # pi_ref = 1
+    assert torch.allclose(fld.value, torch.nn.functional.softplus(2.0 - h), rtol=1e-12)
+    assert torch.allclose(fld.grad_chosen, -torch.sigmoid(2.0 - h) / C, rtol=1e-10)
+    assert torch.allclose(fld.grad_rejected, torch.sigmoid(2.0 - h) / R, rtol=1e-10)
+    assert F.loss_params({"losses": [name, "dpo"], "beta": 0.2}) == {name: {"margin": 1.0}, "dpo": {"beta": 0.2}}
+
+    checked = []
+    check = losses.Loss.check
+    monkeypatch.setattr(losses.Loss, "check", lambda self, **kw: checked.append(self.name) or check(self, **kw))
+    calls["fn"] = 0
+    flows = F.gradient_flows([name, "dpo"], F.corner_starts(), n_steps=25, params={name: {"margin": 2.0}})
+    assert checked == [name, "dpo"]                                        # once per loss, not per step
+    assert calls["fn"] == 26                                              # one forward per step + the last value
+    assert flows[(name, "box")].params == {"margin": 2.0}
+    fl = F.gradient_flow(name, F.corner_starts(), space="simplex", n_steps=10, lr=0.5)
+    assert F.classify_flow(fl).loss == name
+    with pytest.raises(ValueError, match="margin") as info:
+        F.field_grid(name, 5, margin="wide")
+    assert "\n" not in str(info.value)
+
+
+def test_flow_and_grid_arguments_are_checked_before_any_work(monkeypatch):
+    monkeypatch.setattr(F, "_integrate", lambda *a, **k: pytest.fail("integrated before validating"))
+    monkeypatch.setattr(F, "_loss_grad_raw", lambda *a, **k: pytest.fail("evaluated before validating"))
+    bad = [dict(eps=0.7), dict(ref_rejected=[0.5, 0.5, 0.5]), dict(lr=0), dict(n_steps=-1), dict(method="x"),
+           dict(params={"dpo": {"beta": -1.0}}), dict(spaces=[]), dict(starts=[[0.5, 0.6]])]
+    for kwargs in bad:
+        starts = kwargs.pop("starts", F.corner_starts())
+        with pytest.raises(ValueError):
+            F.gradient_flows(["dpo"], starts, **kwargs)
+    for kwargs in (dict(n=1), dict(ref_chosen=2.0), dict(chosen_range=(0.2, 0.1)), dict(beta=0.0)):
+        with pytest.raises(ValueError):
+            F.field_grid("dpo", **kwargs)
+    with pytest.raises(ValueError):
+        F.loss_and_grad("dpo", 0.5, 1.5)
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("call, match", [
-    (lambda: F.field_grid("nosuch"), "loss must be one of"),
-    (lambda: F.field_grid("dpo", 1), "n must be an integer"),
-    (lambda: F.field_grid("dpo", 10.0), "n must be an integer"),
-    (lambda: F.field_grid("dpo", coords="logit"), "coords must be one of"),
-    (lambda: F.field_grid("dpo", coords="reward"), "does not fit loss"),
-    (lambda: F.field_grid("reward_model", coords="prob"), "does not fit loss"),
-    (lambda: F.field_grid("reward_model", coords="reward", beta=0.1), "takes no parameters"),
+    (lambda: F.field_grid("nosuch"), r"^loss: expected one of dpo, .*reward_model, got 'nosuch'$"),
+    (lambda: F.field_grid("dpo", 1), r"^n: expected an integer in \[2, 4000\], got 1$"),
+    (lambda: F.field_grid("dpo", 10.0), r"^n: expected an integer"),
+    (lambda: F.field_grid("dpo", coords="logit"), r"^coords: expected one of ratio, prob, reward, got 'logit'$"),
+    (lambda: F.field_grid("dpo", coords="reward"), r"^coords: expected 'ratio' or 'prob' for loss 'dpo'"),
+    (lambda: F.field_grid("reward_model", coords="prob"), r"^coords: expected 'reward' for loss 'reward_model'"),
+    (lambda: F.field_grid("reward_model"), r"^coords: expected 'reward'"),      # the default is "prob"
+    (lambda: F.field_grid("reward_model", coords="reward", beta=0.1), r"^reward_model: expected no parameters, got beta"),
     (lambda: F.field_grid("dpo", beta=-1.0), "beta"),
-    (lambda: F.field_grid("dpo", gamma=0.1), "unknown parameter"),
-    (lambda: F.field_grid("dpo", ref_chosen=1.5), "ref_chosen and ref_rejected"),
-    (lambda: F.field_grid("dpo", ref_chosen=0.0), "ref_chosen"),
-    (lambda: F.field_grid("dpo", coords="prob", chosen_range=(0.5, 0.2)), "chosen_range"),
-    (lambda: F.field_grid("dpo", coords="prob", chosen_range=(0.1, 1.5)), "chosen_range"),
-    (lambda: F.loss_and_grad("dpo", 0.0, 0.5), "chosen"),
-    (lambda: F.loss_and_grad("dpo", 0.5, 1.2), "rejected"),
-    (lambda: F.loss_and_grad("dpo", float("nan"), 0.5), "finite"),
-    (lambda: F.loss_and_grad("dpo", "a", 0.5), "chosen must be a number"),
-    (lambda: F.loss_and_grad("dpo", 3.0, 0.5, coords="ratio", ref_chosen=0.5), "1/ref_chosen"),
-    (lambda: F.loss_and_grad("dpo", [0.1, 0.2], [0.1, 0.2, 0.3]), "broadcastable"),
-    (lambda: F.gradient_flow("reward_model", [[0.1, 0.1]]), "no probability coordinates"),
-    (lambda: F.gradient_flow("nosuch", [[0.1, 0.1]]), "loss must be one of"),
-    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], space="sphere"), "space must be one of"),
-    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], method="rk45"), "method must be one of"),
-    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=0), "n_steps"),
-    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], lr=-0.1), "lr"),
-    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], eps=0.0), "eps"),
-    (lambda: F.gradient_flow("dpo", [[0.1, 0.1, 0.1]]), "shape"),
-    (lambda: F.gradient_flow("dpo", [[0.6, 0.6]], space="simplex"), "pi\\+ \\+ pi- < 1"),
-    (lambda: F.gradient_flow("dpo", [[0.0, 0.5]]), "starts"),
-    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], ref_chosen=[0.5, 0.5]), "one value per start"),
+    (lambda: F.field_grid("dpo", gamma=0.1), "gamma"),
+    (lambda: F.field_grid("dpo", ref_chosen=1.5), r"^ref_chosen: expected a finite number in \(0, 1\], got 1.5$"),
+    (lambda: F.field_grid("dpo", ref_chosen=0.0), r"^ref_chosen: expected"),
+    (lambda: F.field_grid("dpo", ref_rejected=True), r"^ref_rejected: expected"),
+    (lambda: F.field_grid("dpo", coords="prob", chosen_range=(0.5, 0.2)), r"^chosen_range: expected a pair"),
+    (lambda: F.field_grid("dpo", coords="prob", chosen_range=(0.1, 1.5)), r"^chosen_range: .*both in \[0, 1\]"),
+    (lambda: F.field_grid("dpo", coords="prob", rejected_range="ab"), r"^rejected_range: expected a pair"),
+    (lambda: F.loss_and_grad("dpo", 0.0, 0.5), r"^chosen: expected pi\+ in \(0, 1\], got values from 0 to 0$"),
+    (lambda: F.loss_and_grad("dpo", 0.5, 1.2), r"^rejected: expected pi- in \(0, 1\]"),
+    (lambda: F.loss_and_grad("dpo", float("nan"), 0.5), r"^chosen: expected finite values"),
+    (lambda: F.loss_and_grad("dpo", "a", 0.5), r"^chosen: expected a number or an array of numbers, got 'a'$"),
+    (lambda: F.loss_and_grad("dpo", [], 0.5), r"^chosen: expected a non-empty array"),
+    (lambda: F.loss_and_grad("dpo", 0.5, 0.5, ref_rejected=0.0), r"^ref_rejected: expected values in \(0, 1\]"),
+    (lambda: F.loss_and_grad("dpo", 3.0, 0.5, coords="ratio", ref_chosen=0.5),
+     r"^chosen: expected pi\+ = x1 \* ref_chosen in \(0, 1\], got values from 1.5 to 1.5$"),
+    (lambda: F.loss_and_grad("dpo", [0.1, 0.2], [0.1, 0.2, 0.3]), r"^chosen, rejected, .*: expected broadcastable shapes"),
+    (lambda: F.gradient_flow("reward_model", [[0.1, 0.1]]), r"^loss: expected a loss with probability coordinates"),
+    (lambda: F.gradient_flow("nosuch", [[0.1, 0.1]]), r"^loss: expected one of dpo, "),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], space="sphere"), r"^space: expected one of box, simplex, got 'sphere'$"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], method="rk45"), r"^method: expected one of euler, rk4, got 'rk45'$"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=0), r"^n_steps: expected an integer in \[1, 1000000\], got 0$"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], lr=-0.1), r"^lr\['box'\]: expected a finite number > 0, got -0.1$"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], eps=0.0), r"^eps: expected a finite number in \(0, 0.5\), got 0.0$"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1, 0.1]]), r"^starts: expected shape \(S, 2\)"),
+    (lambda: F.gradient_flow("dpo", [[0.6, 0.6]], space="simplex"), r"^starts: expected pi\+ \+ pi- < 1"),
+    (lambda: F.gradient_flow("dpo", [[0.0, 0.5]]), r"^starts: expected values in \(0, 1\]"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], ref_chosen=[0.5, 0.5]), r"^ref_chosen: expected a number or one value per start"),
+    (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], ref_rejected=2.0), r"^ref_rejected: expected values in \(0, 1\]"),
     (lambda: F.gradient_flow("dpo", [[0.1, 0.1]], beta=0.0), "beta"),
-    (lambda: F.gradient_flows("dpo", [[0.1, 0.1]]), "non-empty list"),
-    (lambda: F.gradient_flows(["dpo", "dpo"], [[0.1, 0.1]]), "repeat"),
-    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], params={"ipo": {}}), "params must map"),
-    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], spaces=["box", "box"]), "spaces"),
-    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], lr={"box": 0.1}), "every space"),
-    (lambda: F.corner_starts(0.3, 0.2), "low must be < high"),
-    (lambda: F.corner_starts(0.1, 0.6), "high"),
-    (lambda: F.region_stats("flow"), "flow must be a Flow"),
-    (lambda: F.region_stats(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=1), chosen_target=1.5), "targets?"),
-    (lambda: F.ratio_fractions(torch.ones(3), (0.0,)), "thresholds"),
-    (lambda: F.dpo_ratio_area(-1.0), "k must be"),
+    (lambda: F.gradient_flows("dpo", [[0.1, 0.1]]), r"^losses: expected a non-empty list"),
+    (lambda: F.gradient_flows(["dpo", "dpo"], [[0.1, 0.1]]), r"^losses: .*repeated"),
+    (lambda: F.gradient_flows(["dpo", "reward_model"], [[0.1, 0.1]]), r"^losses: expected a loss with probability"),
+    (lambda: F.gradient_flows(["dpo", "nosuch"], [[0.1, 0.1]]), r"^losses: expected one of dpo, "),
+    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], params={"ipo": {}}), r"^params: expected a dict mapping"),
+    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], params={"dpo": 0.1}), r"^params: expected a dict mapping"),
+    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], spaces=["box", "box"]), r"^spaces: expected"),
+    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], lr={"box": 0.1}), r"^lr: expected a step size for every space"),
+    (lambda: F.gradient_flows(["dpo"], [[0.1, 0.1]], lr={"box": 0.1, "simplex": "x"}), r"^lr\['simplex'\]: expected"),
+    (lambda: F.corner_starts(0.3, 0.2), r"^low: expected a number below high = 0.2, got 0.3$"),
+    (lambda: F.corner_starts(0.1, 0.6), r"^high: expected a finite number in \(0, 0.5\), got 0.6$"),
+    (lambda: F.region_stats("flow"), r"^flow: expected a Flow from gradient_flow, got str$"),
+    (lambda: F.region_stats(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=1), chosen_target=1.5),
+     r"^chosen_target: expected a finite number in \(0, 1\], got 1.5$"),
+    (lambda: F.region_stats(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=1), stationary_tol=0),
+     r"^stationary_tol: expected"),
+    (lambda: F.ratio_fractions(torch.ones(3), (0.0,)), r"^thresholds: expected a finite number > 0, got 0.0$"),
+    (lambda: F.ratio_fractions(torch.ones(3), 10.0), r"^thresholds: expected a list"),
+    (lambda: F.ratio_fractions(torch.ones(0)), r"^ratio: expected a non-empty array"),
+    (lambda: F.dpo_ratio_area(-1.0), r"^k: expected a finite number > 0, got -1.0$"),
+    (lambda: F.check_field_params("dpo", "prob", beta="x"), "beta"),
+    (lambda: F.axis_labels("logits"), r"^coords: expected one of ratio, prob, reward, got 'logits'$"),
 ])
 def test_bad_input_raises_one_line_value_error(call, match):
     with pytest.raises(ValueError, match=match) as info:
@@ -341,8 +440,6 @@ def test_plot_helpers_draw_labelled_panels():
     rm = F.field_grid("reward_model", 11, coords="reward")
     assert "r^+" in F.plot_landscape(a, rm).axes.get_xlabel()
     plt.close(fig)
-    with pytest.raises(ValueError, match="coords"):
-        F.axis_labels("logits")
 
 
 # ----------------------------------------------------------------------------- the chapter's loss parameters
@@ -397,9 +494,9 @@ def test_dpo_ratio_checks_confirm_corollary_1(dpo_field):
     assert chk["exact_area_ratio_gt"] == pytest.approx({"1": 0.5, "10": 0.05, "100": 0.005})
     for k in ("10", "100"):
         assert chk["frac_ratio_gt"][k] == pytest.approx(chk["exact_area_ratio_gt"][k], abs=1e-3)
-    with pytest.raises(ValueError, match="DPO Field"):
+    with pytest.raises(ValueError, match="^fld: expected a DPO Field .*, got loss 'ipo' in coords='ratio'$"):
         F.dpo_ratio_checks(F.field_grid("ipo", 11, coords="ratio"))
-    with pytest.raises(ValueError, match="DPO Field"):
+    with pytest.raises(ValueError, match="^fld: expected a DPO Field .*, got loss 'dpo' in coords='prob'$"):
         F.dpo_ratio_checks(F.field_grid("dpo", 11, coords="prob"))
 
 
@@ -427,9 +524,9 @@ def test_corner_points_follow_the_reference():
     fld = F.field_grid("dpo", 21, coords="ratio", ref_chosen=0.5, ref_rejected=0.25)
     pts = F.corner_points(fld, 0.1)
     assert pts["top-right"] == pytest.approx((1.9, 3.9)) and pts["bottom-left"] == pytest.approx((0.1, 0.1))
-    with pytest.raises(ValueError, match="low"):
+    with pytest.raises(ValueError, match=r"^low: expected a finite number in \(0, 0.5\), got 0.6$"):
         F.corner_points(F.field_grid("dpo", 11, coords="prob"), 0.6)
-    with pytest.raises(ValueError, match="reward"):
+    with pytest.raises(ValueError, match="^fld: .*got coords='reward'$"):
         F.corner_points(F.field_grid("reward_model", 11, coords="reward"), 0.1)
 
 
@@ -455,9 +552,9 @@ def test_direction_changes_counts_reversals_in_the_second_half():
     assert int(F.direction_changes(clamp, tail=1.0)) == 5
     two = torch.stack([t, zigzag], 1)                                         # columns counted separately
     assert F.direction_changes(two).tolist() == [0, 19]
-    with pytest.raises(ValueError, match="tail"):
+    with pytest.raises(ValueError, match="^tail: expected a finite number in"):
         F.direction_changes(t, tail=0.0)
-    with pytest.raises(ValueError, match="3 time steps"):
+    with pytest.raises(ValueError, match="^path: expected at least 3 time steps"):
         F.direction_changes(t[:2])
 
 
@@ -575,7 +672,7 @@ def test_simplex_dispersion_dpo_keeps_the_rest_logit(fast_flows):
     assert d["rest_increase"][0] == 0.0                    # from (low, low) the rest (0.9) only shrinks
     s = F.simplex_dispersion(fast_flows[("sft_dpo", "simplex")])
     assert not s["rest_logit_fixed"]
-    with pytest.raises(ValueError, match="simplex Flow"):
+    with pytest.raises(ValueError, match="^flow: expected a simplex Flow .*, got a box Flow$"):
         F.simplex_dispersion(fast_flows[("dpo", "box")])
 
 
@@ -588,16 +685,23 @@ def test_per_start_table_shows_never_as_a_dash():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: F.loss_params({}, ["nosuch"]), "loss must be one of"),
-    (lambda: F.loss_params("beta"), "params must be a dict"),
+    (lambda: F.loss_params({}, ["nosuch"]), r"^losses: expected one of dpo, .*reward_model, got 'nosuch'$"),
+    (lambda: F.loss_params({}, "dpo"), r"^losses: expected a list of loss names"),
+    (lambda: F.loss_params("beta"), r"^params: expected a dict of the chapter's parameters, got str$"),
     (lambda: F.loss_params({"beta": -1.0}, ["dpo"]), "beta"),
-    (lambda: F.corner_claims("field"), "fld must be a Field"),
+    (lambda: F.corner_claims("field"), r"^fld: expected a Field from field_grid, got str$"),
     (lambda: F.corner_claims(F.field_grid("dpo", 11), dominance=0.0), "dominance"),
-    (lambda: F.field_summary(None), "fld must be a Field"),
-    (lambda: F.classify_flow("flow"), "flow must be a Flow"),
+    (lambda: F.field_summary(None), r"^fld: expected a Field"),
+    (lambda: F.field_summary(F.field_grid("dpo", 11), flat_tol=-1.0), r"^flat_tol: expected"),
+    (lambda: F.classify_flow("flow"), r"^flow: expected a Flow"),
     (lambda: F.classify_flow(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=3), low_starts=[2]), "low_starts"),
     (lambda: F.classify_flow(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=3), max_reversals=-1), "max_reversals"),
-    (lambda: F.first_step(None), "flow must be a Flow"),
+    (lambda: F.classify_flow(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=3), low_starts=5), "low_starts"),
+    (lambda: F.first_step(None), r"^flow: expected a Flow from gradient_flow, got NoneType$"),
+    (lambda: F.corner_points(F.field_grid("dpo", 11), "a"), r"^low: expected"),
+    (lambda: F.dpo_ratio_checks(F.field_grid("dpo", 11, coords="ratio"), other_beta=0), r"^other_beta: expected"),
+    (lambda: F.simplex_dispersion(F.gradient_flow("dpo", [[0.1, 0.1]], n_steps=3, space="simplex"), atol=0),
+     r"^atol: expected"),
 ])
 def test_analysis_bad_input_raises_one_line_value_error(call, match):
     with pytest.raises(ValueError, match=match) as info:

@@ -5,12 +5,25 @@ two probability ratios ``x1 = pi(y_w)/pi_ref(y_w)`` and ``x2 = pi(y_l)/pi_ref(y_
 gradient vector field (002 Theorem 1, eq. 2) and the reading of that field (002 Corollary 1, Remarks 1-3,
 Fig. 1), and it runs the gradient flows the figure only suggests.
 
-Every loss value comes from :func:`prefdyn.losses.pair_loss` (the one source of truth); the reward-model loss
-from :func:`prefdyn.losses.reward_model_loss`. Gradients are taken by autograd, vectorised: one backward pass
-of ``loss.sum()`` over the whole grid gives every point's own gradient because pairs do not interact.
+Every loss value comes from the registry of :mod:`prefdyn.losses` (the one source of truth): a field or
+flow takes any registered loss (the book's :data:`prefdyn.losses.LOSS_NAMES` and any added with
+:func:`prefdyn.losses.register`) plus ``"reward_model"`` (:func:`prefdyn.losses.reward_model_loss`). Each
+entry point looks the loss up once with :func:`prefdyn.losses.get`, validates its parameters once
+(:meth:`prefdyn.losses.Loss.check`) and then calls the unchecked ``Loss.fn`` (on every step of a flow).
+Gradients are taken by autograd, vectorised: one backward pass of ``loss.sum()`` over the whole grid gives
+every point's own gradient because pairs do not interact.
+
+Naming: ``lr`` is always a learning rate (step size). Log-probabilities are ``lp_c``/``lp_r`` (policy,
+chosen/rejected) and ``ref_lp_c``/``ref_lp_r`` (reference); ``ref_chosen``/``ref_rejected`` are the
+reference PROBABILITIES.
 
 Coordinates (``coords``)
 ------------------------
+Every function that takes ``coords`` defaults to ``"prob"``: it is the coordinate system of every loss of
+the book (000 Sec. 3.1), of the flows and of the chapter's small multiples, and the points need no
+reference to be valid. 002's ratios are asked for explicitly (``coords="ratio"``); with ``pi_ref = 1`` the
+two coincide.
+
 - ``"ratio"``: the variables are 002's ratios ``x = pi / pi_ref`` (002 eq. 1); the gradient is
   ``dl/dx = pi_ref * dl/dpi``. With ``pi_ref = 1`` (002 footnote 2, the book's default) ``x = pi``.
   ``x`` lives in ``(0, 1/pi_ref]`` (002 Remark 1: ``x1 in [0, a]`` with ``pi_ref(y_w) = 1/a``).
@@ -64,14 +77,16 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .losses import LOSS_NAMES, LOSS_SOURCES, check_loss_params, loss_params_from, pair_loss, reward_model_loss
+from .losses import LOSS_NAMES, LOSS_SOURCES, get as get_loss, loss_params_from, names as loss_names, reward_model_loss
+from .validate import Range, check_choice, check_int, check_number, check_positive, num
 
 __all__ = [
     "FIELD_LOSSES",
+    "field_losses",
     "COORDS",
     "SPACES",
     "METHODS",
@@ -123,7 +138,9 @@ __all__ = [
     "plot_start_over_steps",
 ]
 
-#: Losses with a field: every loss of :mod:`prefdyn.losses` plus the reward-model loss (reward coordinates).
+#: The book's losses with a field: every loss of :data:`prefdyn.losses.LOSS_NAMES` plus the reward-model loss
+#: (reward coordinates). A loss added with :func:`prefdyn.losses.register` has a field too
+#: (:func:`field_losses` lists every loss a field takes now).
 FIELD_LOSSES: tuple[str, ...] = LOSS_NAMES + ("reward_model",)
 COORDS: tuple[str, ...] = ("ratio", "prob", "reward")
 SPACES: tuple[str, ...] = ("box", "simplex")
@@ -134,115 +151,148 @@ DEFAULT_LR: dict[str, float] = {"box": 1e-2, "simplex": 1.0}
 DTYPE = torch.float64
 _MAX_GRID = 4000
 _MAX_STEPS = 1_000_000
+#: A probability: ``(0, 1]``. Closed upper bounds of tensors admit a relative ``1e-12`` of rounding
+#: (``x = 1/pi_ref`` computed in floating point).
+_PROB = Range(low=0.0, high=1.0, low_open=True)
+_ROUNDING = 1e-12
+
+
+def field_losses() -> tuple[str, ...]:
+    """Every loss a field takes now: every registered loss of :mod:`prefdyn.losses` (the book's and any added
+    with :func:`prefdyn.losses.register`) plus ``"reward_model"``."""
+    return tuple(n for n in loss_names() if n != "reward_model") + ("reward_model",)
+
+
+def _flow_losses() -> tuple[str, ...]:
+    """Every loss a flow takes (probability coordinates): every registered loss."""
+    return tuple(n for n in loss_names() if n != "reward_model")
 
 
 # ----------------------------------------------------------------------------- validation helpers
-def check_field_params(loss: Any, coords: str | None = None, **params: Any) -> dict[str, Any]:
-    """Validate ``loss`` (one of :data:`FIELD_LOSSES`), ``coords`` and the loss parameters.
+# Numbers, integers and choices are checked with prefdyn.validate; only the checks of this module's own
+# objects (tensors of probabilities, starts, ranges, Fields and Flows) live here, each written once.
+def _short(x: Any, limit: int = 80) -> str:
+    """``repr(x)`` on one line, at most ``limit`` characters (messages stay one line)."""
+    text = " ".join(repr(x).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
-    Returns the loss parameters with defaults filled (``{}`` for ``"reward_model"``, which has none).
-    Raises a one-line ``ValueError`` otherwise.
-    """
-    if not isinstance(loss, str) or loss not in FIELD_LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(FIELD_LOSSES)} (got {loss!r})")
+
+def _no_probability_coords(name: str) -> ValueError:
+    return ValueError(f"{name}: expected a loss with probability coordinates (one of "
+                      f"{', '.join(_flow_losses())}), got 'reward_model' (reward coordinates only)")
+
+
+def _resolve(loss: Any, coords: str | None, params: Mapping[str, Any]):
+    """``(loss function, validated parameters)`` of a field's loss: the registry's unchecked ``Loss.fn``
+    (or :func:`prefdyn.losses.reward_model_loss`) and its parameters checked once, defaults filled."""
+    check_choice("loss", loss, field_losses())
     if coords is not None:
-        if coords not in COORDS:
-            raise ValueError(f"coords must be one of {', '.join(COORDS)} (got {coords!r})")
-        if (loss == "reward_model") != (coords == "reward"):
-            raise ValueError(
-                f"coords={coords!r} does not fit loss {loss!r}: 'reward_model' takes coords='reward', "
-                "every other loss 'ratio' or 'prob'"
-            )
+        check_choice("coords", coords, COORDS)
+        if loss == "reward_model" and coords != "reward":
+            raise ValueError(f"coords: expected 'reward' for loss 'reward_model', got {coords!r}")
+        if loss != "reward_model" and coords == "reward":
+            raise ValueError(f"coords: expected 'ratio' or 'prob' for loss {loss!r} ('reward' is only the reward "
+                             "model's), got 'reward'")
     if loss == "reward_model":
         if params:
-            raise ValueError(f"reward_model: takes no parameters (got {', '.join(params)})")
-        return {}
-    return check_loss_params(loss, **params)
+            raise ValueError(f"reward_model: expected no parameters, got {', '.join(params)}")
+        return reward_model_loss, {}
+    entry = get_loss(loss)
+    return entry.fn, entry.check(**params)
+
+
+def check_field_params(loss: Any, coords: str | None = None, **params: Any) -> dict[str, Any]:
+    """Validate ``loss`` (a registered loss of :mod:`prefdyn.losses` or ``"reward_model"``:
+    :func:`field_losses`), ``coords`` and the loss parameters.
+
+    Returns the loss parameters with defaults filled (``{}`` for ``"reward_model"``, which has none).
+    Raises a one-line ``ValueError`` naming the argument otherwise.
+    """
+    return _resolve(loss, coords, params)[1]
+
+
+def _expect(name: str, v: Any, cls: type, what: str) -> None:
+    if not isinstance(v, cls):
+        raise ValueError(f"{name}: expected {what}, got {type(v).__name__}")
 
 
 def _tensor(x: Any, name: str) -> torch.Tensor:
-    """float64 tensor from ``x``; ``ValueError`` naming ``name`` if not numeric or not finite."""
-    if isinstance(x, bool):
-        raise ValueError(f"{name} must be a number or an array of numbers (got {x!r})")
+    """float64 tensor from ``x``; ``ValueError`` naming ``name`` if not numeric, empty or not finite."""
+    if isinstance(x, (bool, str, bytes)):
+        raise ValueError(f"{name}: expected a number or an array of numbers, got {_short(x)}")
     try:
         t = x.detach().to(DTYPE) if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=DTYPE)
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{name} must be a number or an array of numbers (got {x!r})") from None
+        raise ValueError(f"{name}: expected a number or an array of numbers, got {_short(x)}") from None
     if t.numel() == 0:
-        raise ValueError(f"{name} must not be empty")
+        raise ValueError(f"{name}: expected a non-empty array, got an empty one")
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite")
+        raise ValueError(f"{name}: expected finite values, got nan or inf")
     return t
 
 
-def _check_prob(t: torch.Tensor, name: str, *, upper: float = 1.0, closed_upper: bool = True) -> None:
-    ok = bool((t > 0).all()) and (bool((t <= upper * (1 + 1e-12)).all()) if closed_upper else bool((t < upper).all()))
-    if not ok:
-        bracket = "]" if closed_upper else ")"
-        raise ValueError(f"{name} must lie in (0, {upper:g}{bracket} (got values outside)")
+def _with_rounding(rng: Range) -> Range:
+    """``rng`` with a closed upper bound widened by a relative ``1e-12`` (values computed in floating point)."""
+    if rng.high is None or rng.high_open:
+        return rng
+    return Range(low=rng.low, high=rng.high * (1 + _ROUNDING), low_open=rng.low_open)
 
 
-def _check_int(v: Any, name: str, low: int, high: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not (low <= int(v) <= high):
-        raise ValueError(f"{name} must be an integer in [{low}, {high}] (got {v!r})")
-    return int(v)
-
-
-def _check_pos_float(v: Any, name: str, high: float | None = None) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or float(v) <= 0 or (
-        high is not None and float(v) >= high
-    ):
-        rng = f"in (0, {high:g})" if high is not None else "> 0"
-        raise ValueError(f"{name} must be a finite number {rng} (got {v!r})")
-    return float(v)
+def _check_in(t: torch.Tensor, name: str, rng: Range, what: str = "values") -> None:
+    """Every element of the finite tensor ``t`` in ``rng`` (:func:`_with_rounding`), else
+    ``ValueError("<name>: expected <what> in ..., got values from <min> to <max>")``."""
+    if not _with_rounding(rng).contains_all(t):
+        raise ValueError(f"{name}: expected {what} {rng.text()}, got values from {num(float(t.min()))} to "
+                         f"{num(float(t.max()))}")
 
 
 # ----------------------------------------------------------------------------- pointwise loss and gradient
-def _loss_grad_raw(loss: str, coords: str, u1: torch.Tensor, u2: torch.Tensor, lr1: torch.Tensor,
-                   lr2: torch.Tensor, params: Mapping[str, Any]):
-    """No validation: value and gradient w.r.t. (u1, u2) (``lr*`` are the reference LOG-probs)."""
-    u1 = u1.detach().clone().requires_grad_(True)
-    u2 = u2.detach().clone().requires_grad_(True)
+def _loss_grad_raw(fn, coords: str, u_c: torch.Tensor, u_r: torch.Tensor, ref_lp_c: torch.Tensor,
+                   ref_lp_r: torch.Tensor, params: Mapping[str, Any]):
+    """No validation: value and gradient of the unchecked loss function ``fn`` w.r.t. ``(u_c, u_r)``, the
+    chosen and rejected coordinates; ``ref_lp_*`` are the reference LOG-probs."""
+    u_c = u_c.detach().clone().requires_grad_(True)
+    u_r = u_r.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         if coords == "reward":
-            value = reward_model_loss(u1, u2)
+            value = fn(u_c, u_r)
         else:
-            lp1, lp2 = torch.log(u1), torch.log(u2)
+            lp_c, lp_r = torch.log(u_c), torch.log(u_r)
             if coords == "ratio":  # x = pi / pi_ref  ->  log pi = log x + log pi_ref
-                lp1, lp2 = lp1 + lr1, lp2 + lr2
-            value = pair_loss(loss, lp1, lp2, lr1, lr2, **params)
-        g1, g2 = torch.autograd.grad(value.sum(), (u1, u2))
-    return value.detach(), g1, g2
+                lp_c, lp_r = lp_c + ref_lp_c, lp_r + ref_lp_r
+            value = fn(lp_c, lp_r, ref_lp_c, ref_lp_r, **params)
+        g_c, g_r = torch.autograd.grad(value.sum(), (u_c, u_r))
+    return value.detach(), g_c, g_r
 
 
 def loss_and_grad(loss: str, chosen: Any, rejected: Any, *, coords: str = "prob", ref_chosen: Any = 1.0,
                   ref_rejected: Any = 1.0, **params: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss and its gradient at the points ``(chosen, rejected)``, any broadcastable shapes, float64.
 
-    ``chosen``/``rejected`` are ``pi+``/``pi-`` (``coords="prob"``), 002's ``x1``/``x2`` (``"ratio"``) or
-    ``r+``/``r-`` (``"reward"``, only for ``loss="reward_model"``). ``ref_chosen``/``ref_rejected`` are the
-    reference PROBABILITIES ``pi_ref`` in ``(0, 1]`` (ignored for rewards). Returns
-    ``(loss, dl/d chosen, dl/d rejected)``, each of the broadcast shape, from one autograd call.
+    ``chosen``/``rejected`` are ``pi+``/``pi-`` (``coords="prob"``, the default of every function of this
+    module: see the module docstring), 002's ``x1``/``x2`` (``"ratio"``) or ``r+``/``r-`` (``"reward"``,
+    only for ``loss="reward_model"``). ``ref_chosen``/``ref_rejected`` are the reference PROBABILITIES
+    ``pi_ref`` in ``(0, 1]`` (ignored for rewards). Returns ``(loss, dl/d chosen, dl/d rejected)``, each of
+    the broadcast shape, from one autograd call.
     """
-    p = check_field_params(loss, coords, **params)
+    fn, p = _resolve(loss, coords, params)
     c, r = _tensor(chosen, "chosen"), _tensor(rejected, "rejected")
-    rc, rr = _tensor(ref_chosen, "ref_chosen"), _tensor(ref_rejected, "ref_rejected")
-    if coords != "reward":
-        _check_prob(rc, "ref_chosen")
-        _check_prob(rr, "ref_rejected")
-        if coords == "prob":
-            _check_prob(c, "chosen (pi+)")
-            _check_prob(r, "rejected (pi-)")
-        else:
-            if not bool((c > 0).all()) or not bool((c * rc <= 1 + 1e-12).all()):
-                raise ValueError("chosen (x1 = pi+/pi_ref+) must lie in (0, 1/ref_chosen] (got values outside)")
-            if not bool((r > 0).all()) or not bool((r * rr <= 1 + 1e-12).all()):
-                raise ValueError("rejected (x2 = pi-/pi_ref-) must lie in (0, 1/ref_rejected] (got values outside)")
+    ref_c, ref_r = _tensor(ref_chosen, "ref_chosen"), _tensor(ref_rejected, "ref_rejected")
     try:
-        c, r, rc, rr = torch.broadcast_tensors(c, r, rc, rr)
+        c, r, ref_c, ref_r = torch.broadcast_tensors(c, r, ref_c, ref_r)
     except RuntimeError:
-        raise ValueError("chosen, rejected, ref_chosen and ref_rejected must have broadcastable shapes") from None
-    return _loss_grad_raw(loss, coords, c, r, torch.log(rc), torch.log(rr), p)
+        raise ValueError("chosen, rejected, ref_chosen, ref_rejected: expected broadcastable shapes, got "
+                         + ", ".join(str(tuple(t.shape)) for t in (c, r, ref_c, ref_r))) from None
+    if coords != "reward":
+        _check_in(ref_c, "ref_chosen", _PROB)
+        _check_in(ref_r, "ref_rejected", _PROB)
+        if coords == "prob":
+            _check_in(c, "chosen", _PROB, "pi+")
+            _check_in(r, "rejected", _PROB, "pi-")
+        else:  # x in (0, 1/pi_ref]  <=>  pi = x * pi_ref in (0, 1]
+            _check_in(c * ref_c, "chosen", _PROB, "pi+ = x1 * ref_chosen")
+            _check_in(r * ref_r, "rejected", _PROB, "pi- = x2 * ref_rejected")
+    return _loss_grad_raw(fn, coords, c, r, torch.log(ref_c), torch.log(ref_r), p)
 
 
 # ----------------------------------------------------------------------------- grids
@@ -262,14 +312,13 @@ def gradient_ratio(g_chosen: Any, g_rejected: Any) -> torch.Tensor:
 
 def ratio_fractions(ratio: Any, thresholds: Sequence[float] = (10.0, 100.0)) -> dict[float, float]:
     """Fraction of the grid points where ``ratio > t`` for each threshold ``t`` (``nan`` never counts)."""
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Iterable):
+        raise ValueError(f"thresholds: expected a list of numbers > 0, got {_short(thresholds)}")
+    ths = [check_positive("thresholds", th) for th in thresholds]
     t = ratio.detach().to(DTYPE) if isinstance(ratio, torch.Tensor) else torch.as_tensor(ratio, dtype=DTYPE)
     if t.numel() == 0:
-        raise ValueError("ratio must not be empty")
-    out = {}
-    for th in thresholds:
-        th = _check_pos_float(th, "thresholds")
-        out[th] = float((t > th).to(DTYPE).mean())
-    return out
+        raise ValueError("ratio: expected a non-empty array, got an empty one")
+    return {th: float((t > th).to(DTYPE).mean()) for th in ths}
 
 
 def dpo_ratio_area(k: float, a: float = 1.0, b: float = 1.0) -> float:
@@ -278,7 +327,7 @@ def dpo_ratio_area(k: float, a: float = 1.0, b: float = 1.0) -> float:
     From 002 Cor. 1: ``|dl/dx2| / |dl/dx1| = x1/x2 > k`` iff ``x2 < x1/k``: a triangle of area
     ``a^2/(2k)`` when ``a/k <= b`` (else the box minus the other triangle), divided by ``a b``.
     """
-    k, a, b = _check_pos_float(k, "k"), _check_pos_float(a, "a"), _check_pos_float(b, "b")
+    k, a, b = check_positive("k", k), check_positive("a", a), check_positive("b", b)
     if a / k <= b:
         area = a * a / (2 * k)
     else:
@@ -321,54 +370,55 @@ def _axis(n: int, lo: float, hi: float) -> torch.Tensor:
     return lo + (torch.arange(n, dtype=DTYPE) + 0.5) * (hi - lo) / n
 
 
-def _range(rng: Any, name: str, default: tuple[float, float], lo_min: float | None, hi_max: float | None):
+def _range(rng: Any, name: str, default: tuple[float, float], bounds: Range) -> tuple[float, float]:
+    """An axis range ``(low, high)`` with ``low < high``, both in ``bounds`` (closed upper bound with a
+    relative ``1e-12`` of rounding, :func:`_with_rounding`); ``None`` gives ``default``."""
     if rng is None:
         return default
+    inside = f", both {bounds.text()}" if bounds.text() else ""
+    bad = ValueError(f"{name}: expected a pair (low, high) of numbers with low < high{inside}, got {_short(rng)}")
+    if isinstance(rng, (str, bytes)):
+        raise bad
     try:
         lo, hi = (float(v) for v in rng)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (low, high) of numbers (got {rng!r})") from None
-    ok = math.isfinite(lo) and math.isfinite(hi) and lo < hi
-    if ok and lo_min is not None:
-        ok = lo >= lo_min
-    if ok and hi_max is not None:
-        ok = hi <= hi_max * (1 + 1e-12)
-    if not ok:
-        lim = f"[{lo_min:g}, {hi_max:g}]" if lo_min is not None and hi_max is not None else "the real line"
-        raise ValueError(f"{name} must be a pair low < high inside {lim} (got {rng!r})")
+    except (TypeError, ValueError, RuntimeError):
+        raise bad from None
+    test = _with_rounding(bounds)
+    if not (test.contains(lo) and test.contains(hi) and lo < hi):
+        raise bad
     return lo, hi
 
 
-def field_grid(loss: str, n: int = 101, *, coords: str = "ratio", chosen_range: Any = None,
+def field_grid(loss: str, n: int = 101, *, coords: str = "prob", chosen_range: Any = None,
                rejected_range: Any = None, ref_chosen: float = 1.0, ref_rejected: float = 1.0,
                **params: Any) -> Field:
     """Loss and gradient on an ``n x n`` grid of cell centres, in one vectorised autograd call.
 
-    Default ranges: ``(0, 1/pi_ref]`` per axis for ``coords="ratio"`` (002 Fig. 1 with ``pi_ref = 1``:
-    the unit square), ``(0, 1]`` for ``"prob"``, ``[-5, 5]`` for ``"reward"``. The grid points are the
-    cell centres (``x_i = (i + 1/2)/n`` on the unit square), so no point sits on ``pi = 0`` and the fraction
-    of grid points in a region estimates its area fraction.
+    ``coords`` defaults to ``"prob"``, as in :func:`loss_and_grad` (the module docstring says why); 002's
+    Fig. 1 is ``coords="ratio"``. Default ranges: ``(0, 1/pi_ref]`` per axis for ``coords="ratio"`` (002
+    Fig. 1 with ``pi_ref = 1``: the unit square), ``(0, 1]`` for ``"prob"``, ``[-5, 5]`` for ``"reward"``.
+    The grid points are the cell centres (``x_i = (i + 1/2)/n`` on the unit square), so no point sits on
+    ``pi = 0`` and the fraction of grid points in a region estimates its area fraction. ``ref_chosen`` and
+    ``ref_rejected`` are reference probabilities in ``(0, 1]`` (unused for rewards).
     """
-    p = check_field_params(loss, coords, **params)
-    n = _check_int(n, "n", 2, _MAX_GRID)
-    rc = _check_pos_float(ref_chosen, "ref_chosen", None)
-    rr = _check_pos_float(ref_rejected, "ref_rejected", None)
-    if coords != "reward" and (rc > 1 or rr > 1):
-        raise ValueError(f"ref_chosen and ref_rejected must lie in (0, 1] (got {rc:g}, {rr:g})")
+    fn, p = _resolve(loss, coords, params)
+    n = check_int("n", n, 2, _MAX_GRID)
+    ref_c = check_number("ref_chosen", ref_chosen, 0.0, 1.0, low_open=True)
+    ref_r = check_number("ref_rejected", ref_rejected, 0.0, 1.0, low_open=True)
     if coords == "reward":
-        c_lo, c_hi = _range(chosen_range, "chosen_range", (-5.0, 5.0), None, None)
-        r_lo, r_hi = _range(rejected_range, "rejected_range", (-5.0, 5.0), None, None)
+        c_lo, c_hi = _range(chosen_range, "chosen_range", (-5.0, 5.0), Range())
+        r_lo, r_hi = _range(rejected_range, "rejected_range", (-5.0, 5.0), Range())
     else:
-        c_max = 1.0 / rc if coords == "ratio" else 1.0
-        r_max = 1.0 / rr if coords == "ratio" else 1.0
-        c_lo, c_hi = _range(chosen_range, "chosen_range", (0.0, c_max), 0.0, c_max)
-        r_lo, r_hi = _range(rejected_range, "rejected_range", (0.0, r_max), 0.0, r_max)
+        c_max = 1.0 / ref_c if coords == "ratio" else 1.0
+        r_max = 1.0 / ref_r if coords == "ratio" else 1.0
+        c_lo, c_hi = _range(chosen_range, "chosen_range", (0.0, c_max), Range(low=0.0, high=c_max))
+        r_lo, r_hi = _range(rejected_range, "rejected_range", (0.0, r_max), Range(low=0.0, high=r_max))
     ca, ra = _axis(n, c_lo, c_hi), _axis(n, r_lo, r_hi)
     C, R = torch.meshgrid(ca, ra, indexing="xy")  # (n_rej, n_ch): C varies along columns
-    lrc = torch.full_like(C, math.log(rc))
-    lrr = torch.full_like(C, math.log(rr))
-    value, gc, gr = _loss_grad_raw(loss, coords, C, R, lrc, lrr, p)
-    return Field(loss=loss, coords=coords, params=dict(p), ref=(rc, rr), chosen=ca, rejected=ra,
+    ref_lp_c = torch.full_like(C, math.log(ref_c))
+    ref_lp_r = torch.full_like(C, math.log(ref_r))
+    value, gc, gr = _loss_grad_raw(fn, coords, C, R, ref_lp_c, ref_lp_r, p)
+    return Field(loss=loss, coords=coords, params=dict(p), ref=(ref_c, ref_r), chosen=ca, rejected=ra,
                  value=value, grad_chosen=gc, grad_rejected=gr)
 
 
@@ -402,10 +452,10 @@ def corner_starts(low: float = 0.05, high: float = 0.45) -> torch.Tensor:
     Order: ``(low, low)``, ``(low, high)``, ``(high, low)``, ``(high, high)``. ``high < 1/2`` keeps every
     corner strictly inside the simplex (``pi+ + pi- < 1``) so the same starts serve both spaces.
     """
-    low = _check_pos_float(low, "low", 0.5)
-    high = _check_pos_float(high, "high", 0.5)
+    low = check_number("low", low, 0.0, 0.5, low_open=True, high_open=True)
+    high = check_number("high", high, 0.0, 0.5, low_open=True, high_open=True)
     if not low < high:
-        raise ValueError(f"low must be < high (got {low:g}, {high:g})")
+        raise ValueError(f"low: expected a number below high = {num(high)}, got {num(low)}")
     return torch.tensor([[low, low], [low, high], [high, low], [high, high]], dtype=DTYPE)
 
 
@@ -414,10 +464,11 @@ def _check_starts(starts: Any, need_simplex: bool) -> torch.Tensor:
     if s.ndim == 1 and s.numel() == 2:
         s = s.reshape(1, 2)
     if s.ndim != 2 or s.shape[1] != 2:
-        raise ValueError(f"starts must have shape (S, 2) with rows (pi+, pi-) (got shape {tuple(s.shape)})")
-    _check_prob(s, "starts")
+        raise ValueError(f"starts: expected shape (S, 2) with rows (pi+, pi-), got shape {tuple(s.shape)}")
+    _check_in(s, "starts", _PROB)
     if need_simplex and not bool((s.sum(1) < 1).all()):
-        raise ValueError("starts on the simplex need pi+ + pi- < 1 (some mass on the rest)")
+        raise ValueError("starts: expected pi+ + pi- < 1 in every row on the simplex (some mass on the rest), "
+                         f"got a row summing to {num(float(s.sum(1).max()))}")
     return s
 
 
@@ -428,8 +479,8 @@ def _check_refs(ref_chosen: Any, ref_rejected: Any, S: int) -> torch.Tensor:
         if t.numel() == 1:
             t = t.reshape(()).expand(S)
         if t.shape != (S,):
-            raise ValueError(f"{name} must be a number or one value per start ({S}) (got shape {tuple(t.shape)})")
-        _check_prob(t, name)
+            raise ValueError(f"{name}: expected a number or one value per start ({S}), got shape {tuple(t.shape)}")
+        _check_in(t, name, _PROB)
         refs.append(t.clone())
     return torch.stack(refs, 1)
 
@@ -439,7 +490,10 @@ def gradient_flows(losses: Sequence[str], starts: Any, *, spaces: Sequence[str] 
                    eps: float = 1e-6, params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[tuple[str, str], Flow]:
     """Gradient flows of several losses, in one or both spaces, from every row ``(pi+, pi-)`` of ``starts``.
 
-    Everything is integrated together: per step one forward call of :func:`prefdyn.losses.pair_loss` per
+    ``losses``: names of registered losses (:func:`prefdyn.losses.names`, the book's and any added with
+    :func:`prefdyn.losses.register`). Everything is validated once, before the first step: each loss is
+    looked up with :func:`prefdyn.losses.get` and its parameters checked with ``Loss.check``; every step
+    then calls the unchecked ``Loss.fn``. Everything is integrated together: per step one forward call per
     loss (on all starts of both spaces at once) and ONE backward pass for all of them (the losses share no
     variables, so the gradient of the sum is each flow's own gradient). Returns ``{(loss, space): Flow}``.
 
@@ -450,43 +504,44 @@ def gradient_flows(losses: Sequence[str], starts: Any, *, spaces: Sequence[str] 
     ``starts[:, 0]`` for the usual ``pi_ref = pi_SFT = start``). ``params``: ``{loss: {param: value}}``,
     missing parameters take the defaults of :data:`prefdyn.losses.LOSS_DEFAULTS`.
     """
-    if isinstance(losses, str) or not isinstance(losses, Sequence) or len(losses) == 0:
-        raise ValueError(f"losses must be a non-empty list of loss names from {', '.join(LOSS_NAMES)} (got {losses!r})")
-    if len(set(losses)) != len(losses):
-        raise ValueError(f"losses must not repeat a name (got {list(losses)})")
+    if isinstance(losses, (str, bytes)) or not isinstance(losses, Sequence) or len(losses) == 0:
+        raise ValueError(f"losses: expected a non-empty list of loss names, got {_short(losses)}")
     for name in losses:
         if name == "reward_model":
-            raise ValueError("loss 'reward_model' has no probability coordinates; flows take one of "
-                             + ", ".join(LOSS_NAMES))
-        if not isinstance(name, str) or name not in LOSS_NAMES:
-            raise ValueError(f"losses must be names from {', '.join(LOSS_NAMES)} (got {name!r})")
+            raise _no_probability_coords("losses")
+        check_choice("losses", name, _flow_losses())
+    if len(set(losses)) != len(losses):
+        raise ValueError(f"losses: expected each loss once, got a repeated name in {list(losses)}")
     params = {} if params is None else params
-    if not isinstance(params, Mapping) or any(k not in losses for k in params):
-        raise ValueError(f"params must map loss names among {list(losses)} to parameter dicts (got {params!r})")
-    p = [check_loss_params(name, **dict(params.get(name, {}))) for name in losses]
-    if isinstance(spaces, str) or not isinstance(spaces, Sequence) or not spaces or any(sp not in SPACES for sp in spaces) \
-            or len(set(spaces)) != len(spaces):
-        raise ValueError(f"spaces must be a non-empty list from {', '.join(SPACES)} without repeats (got {spaces!r})")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
-    n_steps = _check_int(n_steps, "n_steps", 1, _MAX_STEPS)
+    if not isinstance(params, Mapping) or any(k not in losses or not isinstance(v, Mapping) for k, v in params.items()):
+        raise ValueError(f"params: expected a dict mapping loss names among {list(losses)} to parameter dicts, "
+                         f"got {_short(params)}")
+    entries = [get_loss(name) for name in losses]
+    p = [e.check(**dict(params.get(name, {}))) for e, name in zip(entries, losses)]   # validated once
+    fns = [e.fn for e in entries]                                                      # unchecked, per step
+    if isinstance(spaces, (str, bytes)) or not isinstance(spaces, Sequence) or not spaces \
+            or any(sp not in SPACES for sp in spaces) or len(set(spaces)) != len(spaces):
+        raise ValueError(f"spaces: expected a non-empty list from {', '.join(SPACES)} without repeats, "
+                         f"got {_short(spaces)}")
+    check_choice("method", method, METHODS)
+    n_steps = check_int("n_steps", n_steps, 1, _MAX_STEPS)
     if lr is None:
         lrs = {sp: DEFAULT_LR[sp] for sp in spaces}
     elif isinstance(lr, Mapping):
         if any(sp not in lr for sp in spaces):
-            raise ValueError(f"lr must give a step size for every space in {list(spaces)} (got {dict(lr)!r})")
-        lrs = {sp: _check_pos_float(lr[sp], f"lr[{sp!r}]") for sp in spaces}
+            raise ValueError(f"lr: expected a step size for every space in {list(spaces)}, got {_short(dict(lr))}")
+        lrs = {sp: check_positive(f"lr[{sp!r}]", lr[sp]) for sp in spaces}
     else:
-        lrs = {sp: _check_pos_float(lr, "lr") for sp in spaces}
-    eps = _check_pos_float(eps, "eps", 0.5)
+        lrs = {sp: check_positive("lr", lr) for sp in spaces}
+    eps = check_number("eps", eps, 0.0, 0.5, low_open=True, high_open=True)
     s = _check_starts(starts, "simplex" in spaces)
-    S, L = s.shape[0], len(losses)
+    S = s.shape[0]
     ref = _check_refs(ref_chosen, ref_rejected, S)
 
     use_box, use_simplex = "box" in spaces, "simplex" in spaces
     nsp = int(use_box) + int(use_simplex)
-    lrc = torch.log(ref[:, 0]).repeat(nsp)          # (nsp * S,) box starts first, then simplex starts
-    lrr = torch.log(ref[:, 1]).repeat(nsp)
+    ref_lp_c = torch.log(ref[:, 0]).repeat(nsp)        # (nsp * S,) box starts first, then simplex starts
+    ref_lp_r = torch.log(ref[:, 1]).repeat(nsp)
 
     def grad(box, z):
         """Values (L, nsp*S) and gradients of all flows at the states box (L, S, 2), z (L, S, 3)."""
@@ -501,8 +556,8 @@ def gradient_flows(losses: Sequence[str], starts: Any, *, spaces: Sequence[str] 
                 leaves.append(z)
                 lps.append(torch.log_softmax(z, dim=2)[..., :2])
             lp = torch.cat(lps, dim=1)                # (L, nsp*S, 2)
-            values = torch.stack([pair_loss(name, lp[i, :, 0], lp[i, :, 1], lrc, lrr, **p[i])
-                                  for i, name in enumerate(losses)])
+            values = torch.stack([fn(lp[i, :, 0], lp[i, :, 1], ref_lp_c, ref_lp_r, **p[i])
+                                  for i, fn in enumerate(fns)])
             grads = torch.autograd.grad(values.sum(), leaves)
         grads = list(grads)
         return values.detach(), (grads.pop(0) if use_box else None), (grads.pop(0) if use_simplex else None)
@@ -570,13 +625,10 @@ def gradient_flow(loss: str, starts: Any, *, space: str = "box", n_steps: int = 
                   method: str = "euler", ref_chosen: Any = 1.0, ref_rejected: Any = 1.0, eps: float = 1e-6,
                   **params: Any) -> Flow:
     """The flow of one loss in one ``space`` (see :func:`gradient_flows`); ``params`` are the loss's."""
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {', '.join(SPACES)} (got {space!r})")
-    if loss not in LOSS_NAMES:  # checked here too so the message names `loss`, not `losses`
-        if loss == "reward_model":
-            raise ValueError("loss 'reward_model' has no probability coordinates; flows take one of "
-                             + ", ".join(LOSS_NAMES))
-        raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)} (got {loss!r})")
+    check_choice("space", space, SPACES)
+    if loss == "reward_model":  # checked here too so the message names `loss`, not `losses`
+        raise _no_probability_coords("loss")
+    check_choice("loss", loss, _flow_losses())
     flows = gradient_flows([loss], starts, spaces=[space], n_steps=n_steps,
                            lr=None if lr is None else {space: lr}, method=method, ref_chosen=ref_chosen,
                            ref_rejected=ref_rejected, eps=eps, params={loss: params})
@@ -596,17 +648,14 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
     whether the flow has stopped moving (whatever its ``end``). ``final_rest`` (simplex only) is the mass
     on everything else (000's dispersion); in the box it is ``None``.
     """
-    if not isinstance(flow, Flow):
-        raise ValueError(f"flow must be a Flow from gradient_flow (got {type(flow).__name__})")
-    ct = _check_pos_float(chosen_target, "chosen_target", 1.0 + 1e-12)
-    rt = _check_pos_float(rejected_target, "rejected_target", 1.0 + 1e-12)
-    if ct > 1 or rt > 1:
-        raise ValueError(f"chosen_target and rejected_target must lie in (0, 1] (got {ct:g}, {rt:g})")
+    _expect("flow", flow, Flow, "a Flow from gradient_flow")
+    ct = check_number("chosen_target", chosen_target, 0.0, 1.0, low_open=True)
+    rt = check_number("rejected_target", rejected_target, 0.0, 1.0, low_open=True)
+    tol = check_number("stationary_tol", stationary_tol, 0.0, 1.0, low_open=True, high_open=True)
     pc, pr = flow.probs[..., 0], flow.probs[..., 1]        # (T+1, S)
     hit_c, hit_r = pc >= ct, pr <= rt
     first_c = torch.where(hit_c.any(0), hit_c.to(torch.int64).argmax(0), torch.full_like(hit_c[0], -1, dtype=torch.int64))
     first_r = torch.where(hit_r.any(0), hit_r.to(torch.int64).argmax(0), torch.full_like(hit_r[0], -1, dtype=torch.int64))
-    tol = _check_pos_float(stationary_tol, "stationary_tol", 1.0)
     final = flow.probs[-1]
     min_c = pc.min(0).values
     if flow.probs.shape[0] > 1:
@@ -638,16 +687,17 @@ def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) 
     """Per-loss parameters from a chapter's parameters, by the book-wide names of
     :func:`prefdyn.losses.loss_params_from` (``beta``, ``delta``, ``beta_balanced``, ...).
 
-    ``losses`` (from :data:`FIELD_LOSSES`) defaults to ``params["losses"]``. A chapter parameter missing
-    from ``params`` leaves the loss's default; the result is validated and complete, ``{}`` for
-    ``"reward_model"`` (no parameters).
+    ``losses`` (from :func:`field_losses`: any registered loss or ``"reward_model"``) defaults to
+    ``params["losses"]``, else :data:`FIELD_LOSSES`. A chapter parameter missing from ``params`` leaves the
+    loss's default; the result is validated and complete, ``{}`` for ``"reward_model"`` (no parameters).
     """
-    if not isinstance(params, Mapping):
-        raise ValueError(f"params must be a dict of the chapter's parameters (got {type(params).__name__})")
-    names = list(losses if losses is not None else params.get("losses", FIELD_LOSSES))
-    bad = [n for n in names if n not in FIELD_LOSSES]
-    if bad:
-        raise ValueError(f"loss must be one of {', '.join(FIELD_LOSSES)} (got {bad[0]!r})")
+    _expect("params", params, Mapping, "a dict of the chapter's parameters")
+    names = losses if losses is not None else params.get("losses", FIELD_LOSSES)
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise ValueError(f"losses: expected a list of loss names, got {_short(names)}")
+    names = list(names)
+    for n in names:
+        check_choice("losses", n, field_losses())
     per_loss = loss_params_from(params, [n for n in names if n != "reward_model"])
     return {n: ({} if n == "reward_model" else per_loss[n]) for n in names}
 
@@ -680,13 +730,16 @@ def dpo_ratio_checks(fld: Field, *, other_beta: float | None = None, thresholds:
     ``"1"``, ``"10"``, ...) and ``exact_area_ratio_gt`` (the exact area fraction, :func:`dpo_ratio_area`).
     """
     if not isinstance(fld, Field) or fld.loss != "dpo" or fld.coords != "ratio":
-        raise ValueError("fld must be a DPO Field in 002's coordinates (field_grid('dpo', coords='ratio'))")
+        got = f"loss {fld.loss!r} in coords={fld.coords!r}" if isinstance(fld, Field) else type(fld).__name__
+        raise ValueError("fld: expected a DPO Field in 002's coordinates (field_grid('dpo', coords='ratio')), "
+                         f"got {got}")
     beta = float(fld.params["beta"])
-    other = 10 * beta if other_beta is None else _check_pos_float(other_beta, "other_beta")
+    other = 10 * beta if other_beta is None else check_positive("other_beta", other_beta)
     x1, x2 = torch.meshgrid(fld.chosen, fld.rejected, indexing="xy")
     dev = float(((fld.ratio - x1 / x2).abs() / (x1 / x2)).max())
-    _, g1, g2 = loss_and_grad("dpo", x1, x2, coords="ratio", ref_chosen=fld.ref[0], ref_rejected=fld.ref[1],
-                              beta=other)
+    dpo = get_loss("dpo")
+    _, g1, g2 = _loss_grad_raw(dpo.fn, "ratio", x1, x2, torch.full_like(x1, math.log(fld.ref[0])),
+                               torch.full_like(x2, math.log(fld.ref[1])), dpo.check(beta=other))
     a, b = 1.0 / fld.ref[0], 1.0 / fld.ref[1]
     frac = fld.fractions(tuple(thresholds))
     return {
@@ -741,11 +794,13 @@ CORNER_READINGS: tuple[tuple[str, str, str, str], ...] = (
 def corner_points(fld: Field, low: float) -> dict[str, tuple[float, float]]:
     """The four corner points of the field's plane at distance ``low`` from its edges: ``x = low`` or
     ``x = upper - low`` per axis (upper: ``1/pi_ref`` in 002's coordinates, 1 for probabilities)."""
+    _expect("fld", fld, Field, "a Field from field_grid")
     if fld.coords == "reward":
-        raise ValueError("corner points need probability or ratio coordinates (got coords='reward')")
+        raise ValueError("fld: expected a field in probability or ratio coordinates for corner points, "
+                         "got coords='reward'")
     up_c = 1.0 / fld.ref[0] if fld.coords == "ratio" else 1.0
     up_r = 1.0 / fld.ref[1] if fld.coords == "ratio" else 1.0
-    low = _check_pos_float(low, "low", min(up_c, up_r) / 2)
+    low = check_number("low", low, 0.0, min(up_c, up_r) / 2, low_open=True, high_open=True)
     lo_c, hi_c, lo_r, hi_r = low, up_c - low, low, up_r - low
     return {"top-left": (lo_c, hi_r), "top-right": (hi_c, hi_r), "bottom-right": (hi_c, lo_r),
             "bottom-left": (lo_c, lo_r)}
@@ -759,9 +814,8 @@ def corner_claims(fld: Field, low: float = 0.05, *, dominance: float = 10.0) -> 
     little" means the other component is more than ``dominance`` times larger. One result per reading
     (the bottom-left corner has two), in the order of :data:`CORNER_READINGS`.
     """
-    if not isinstance(fld, Field):
-        raise ValueError(f"fld must be a Field from field_grid (got {type(fld).__name__})")
-    dominance = _check_pos_float(dominance, "dominance")
+    _expect("fld", fld, Field, "a Field from field_grid")
+    dominance = check_positive("dominance", dominance)
     pts = corner_points(fld, low)
     xy = torch.tensor(list(pts.values()), dtype=DTYPE)
     _, g1, g2 = loss_and_grad(fld.loss, xy[:, 0], xy[:, 1], coords=fld.coords, ref_chosen=fld.ref[0],
@@ -791,10 +845,10 @@ def field_summary(fld: Field, thresholds: Sequence[float] = (1.0, 10.0, 100.0),
     ``|grad l|``, whether the landscape is flat (max - min below ``flat_tol``; then ``flat_value`` is its
     value, else ``None``) and whether the field is balanced (ratio 1 at every grid point, as the
     reward model's, 000 Sec. 4)."""
-    if not isinstance(fld, Field):
-        raise ValueError(f"fld must be a Field from field_grid (got {type(fld).__name__})")
+    _expect("fld", fld, Field, "a Field from field_grid")
+    flat_tol = check_positive("flat_tol", flat_tol)
     frac = fld.fractions(tuple(thresholds))
-    flat = float(fld.value.max() - fld.value.min()) < _check_pos_float(flat_tol, "flat_tol")
+    flat = float(fld.value.max() - fld.value.min()) < flat_tol
     r = fld.ratio
     return {
         "frac_ratio_gt": {_thr_key(t): frac[float(t)] for t in thresholds},
@@ -839,12 +893,11 @@ def direction_changes(path: Any, tail: float = 0.5) -> torch.Tensor:
     """How often each column of ``path`` (``(T+1, ...)``, time first) reverses direction in its last
     ``tail`` fraction of steps. Steps that do not move (a clamped coordinate) neither count nor break a
     run; a monotone path has 0, one that bounces around a value once per step about one per step."""
+    tail = check_number("tail", tail, 0.0, 1.0, low_open=True)
     p = _tensor(path, "path")
     if p.ndim < 1 or p.shape[0] < 3:
-        raise ValueError("path must have at least 3 time steps along its first axis")
-    if isinstance(tail, bool) or not isinstance(tail, numbers.Real) or not 0 < float(tail) <= 1:
-        raise ValueError(f"tail must be a number in (0, 1] (got {tail!r})")
-    p = p[min(int(p.shape[0] * (1 - float(tail))), p.shape[0] - 3):]
+        raise ValueError(f"path: expected at least 3 time steps along its first axis, got shape {tuple(p.shape)}")
+    p = p[min(int(p.shape[0] * (1 - tail)), p.shape[0] - 3):]
     d = torch.sign(torch.diff(p, dim=0))
     # carry the sign of the last step that moved over steps that did not (vectorised forward fill)
     t = torch.arange(d.shape[0]).reshape(-1, *([1] * (d.ndim - 1))).expand_as(d)
@@ -857,18 +910,18 @@ def direction_changes(path: Any, tail: float = 0.5) -> torch.Tensor:
 def first_step(flow: Flow) -> list[float]:
     """Per start: the size ``lr * |dl/dpi+|`` of the first update of ``pi+`` before any clamping (box: the
     step in probability; simplex: the step of the chosen logit, ``lr * |dl/dz+|``)."""
-    if not isinstance(flow, Flow):
-        raise ValueError(f"flow must be a Flow from gradient_flow (got {type(flow).__name__})")
+    _expect("flow", flow, Flow, "a Flow from gradient_flow")
+    entry = get_loss(flow.loss)
+    p = entry.check(**flow.params)
     s = flow.starts
+    ref_lp_c, ref_lp_r = torch.log(flow.ref[:, 0]), torch.log(flow.ref[:, 1])
     if flow.space == "box":
-        _, g, _ = loss_and_grad(flow.loss, s[:, 0], s[:, 1], coords="prob", ref_chosen=flow.ref[:, 0],
-                                ref_rejected=flow.ref[:, 1], **flow.params)
+        _, g, _ = _loss_grad_raw(entry.fn, "prob", s[:, 0], s[:, 1], ref_lp_c, ref_lp_r, p)
     else:
         z = flow.logits[0].detach().clone().requires_grad_(True)
         with torch.enable_grad():
             lp = torch.log_softmax(z, dim=1)
-            v = pair_loss(flow.loss, lp[:, 0], lp[:, 1], torch.log(flow.ref[:, 0]), torch.log(flow.ref[:, 1]),
-                          **flow.params)
+            v = entry.fn(lp[:, 0], lp[:, 1], ref_lp_c, ref_lp_r, **p)
             (gz,) = torch.autograd.grad(v.sum(), (z,))
         g = gz[:, 0]
     return [flow.lr * abs(float(x)) for x in g]
@@ -926,13 +979,19 @@ def classify_flow(flow: Flow, *, chosen_target: float = 0.9, rejected_target: fl
                   stationary_tol: float = 1e-9) -> FlowVerdict:
     """The verdict on one flow (see :class:`FlowVerdict`); ``low_starts`` defaults to the starts with the
     lowest ``pi+`` (:func:`low_chosen_starts`)."""
-    if not isinstance(flow, Flow):
-        raise ValueError(f"flow must be a Flow from gradient_flow (got {type(flow).__name__})")
+    _expect("flow", flow, Flow, "a Flow from gradient_flow")
     S = flow.starts.shape[0]
-    low = low_chosen_starts(flow.starts) if low_starts is None else tuple(low_starts)
+    bad_low = ValueError(f"low_starts: expected a non-empty list of start indices in [0, {S}), "
+                         f"got {_short(low_starts)}")
+    if low_starts is None:
+        low = low_chosen_starts(flow.starts)
+    elif isinstance(low_starts, (str, bytes)) or not isinstance(low_starts, Iterable):
+        raise bad_low
+    else:
+        low = tuple(low_starts)
     if not low or any(isinstance(j, bool) or not isinstance(j, numbers.Integral) or not 0 <= j < S for j in low):
-        raise ValueError(f"low_starts must be a non-empty list of start indices in [0, {S}) (got {low_starts!r})")
-    max_reversals = _check_int(max_reversals, "max_reversals", 0, _MAX_STEPS)
+        raise bad_low
+    max_reversals = check_int("max_reversals", max_reversals, 0, _MAX_STEPS)
     rs = region_stats(flow, chosen_target, rejected_target, stationary_tol)
     steps = tuple(rs[j]["steps_to_chosen"] for j in low)
     reached = sum(k >= 0 for k in steps)
@@ -980,7 +1039,9 @@ def simplex_dispersion(flow: Flow, atol: float = 1e-12) -> dict[str, Any]:
     ``chosen_monotone`` (``pi+`` never decreases, up to 1e-15).
     """
     if not isinstance(flow, Flow) or flow.space != "simplex" or flow.logits is None:
-        raise ValueError("flow must be a simplex Flow (gradient_flow(..., space='simplex'))")
+        got = f"a {flow.space} Flow" if isinstance(flow, Flow) else type(flow).__name__
+        raise ValueError(f"flow: expected a simplex Flow (gradient_flow(..., space='simplex')), got {got}")
+    atol = check_positive("atol", atol)
     rest = flow.probs[..., 2]
     inc = rest.max(0).values - rest[0]
     z = flow.logits[..., 2]
@@ -988,7 +1049,7 @@ def simplex_dispersion(flow: Flow, atol: float = 1e-12) -> dict[str, Any]:
     return {
         "rest_increase": [float(v) for v in inc],
         "max_rest_increase": float(inc.max()),
-        "rest_logit_fixed": bool((z - z[0]).abs().max() <= _check_pos_float(atol, "atol")),
+        "rest_logit_fixed": bool((z - z[0]).abs().max() <= atol),
         "chosen_monotone": bool((pc[1:] >= pc[:-1] - 1e-15).all()),
     }
 
@@ -1018,9 +1079,7 @@ _AXIS_LABELS = {
 
 def axis_labels(coords: str) -> tuple[str, str]:
     """The (x, y) axis labels of a field in ``coords``."""
-    if coords not in _AXIS_LABELS:
-        raise ValueError(f"coords must be one of {', '.join(COORDS)} (got {coords!r})")
-    return _AXIS_LABELS[coords]
+    return _AXIS_LABELS[check_choice("coords", coords, COORDS)]
 
 
 def plot_landscape(ax, fld: Field, *, norm=None, levels: int = 30, cmap: str = "viridis", labels: bool = True):
@@ -1128,8 +1187,9 @@ def _log10_ratio(fld: Field, clip: float = 3.0):
     import numpy as np
 
     with np.errstate(divide="ignore"):
-        lr = np.log10(fld.ratio.numpy())
-    return np.ma.masked_invalid(np.clip(np.where(np.isinf(lr), np.sign(lr) * clip, lr), -clip, clip))
+        log_ratio = np.log10(fld.ratio.numpy())
+    return np.ma.masked_invalid(np.clip(np.where(np.isinf(log_ratio), np.sign(log_ratio) * clip, log_ratio),
+                                        -clip, clip))
 
 
 def plot_dpo_overview(fld: Field, ratio_levels: Sequence[float] = (1.0, 10.0, 100.0)):
@@ -1228,11 +1288,11 @@ def plot_ratio_maps(fields: Mapping[str, Field], ncols: int = 3, clip: float = 3
     with _readable():
         fig, axes = _grid_of(len(fields), ncols, 2.3)
         for ax, fld in zip(axes, fields.values()):
-            lr = _log10_ratio(fld, clip)
+            log_ratio = _log10_ratio(fld, clip)
             x, y = fld.chosen.numpy(), fld.rejected.numpy()
-            ax.pcolormesh(x, y, lr, norm=norm, cmap=cmap, shading="nearest", rasterized=True)
-            if np.nanmax(lr.filled(np.nan)) > 1:
-                ax.contour(x, y, lr.filled(np.nan), levels=[1, 2], colors="k", linestyles=["--", "-"],
+            ax.pcolormesh(x, y, log_ratio, norm=norm, cmap=cmap, shading="nearest", rasterized=True)
+            if np.nanmax(log_ratio.filled(np.nan)) > 1:
+                ax.contour(x, y, log_ratio.filled(np.nan), levels=[1, 2], colors="k", linestyles=["--", "-"],
                            linewidths=0.9)
             _short_labels(ax, fld)
             ax.set_title(f"{_panel_title(fld)}: {fmt(100 * fld.fractions((10.0,))[10.0])}%")
