@@ -902,23 +902,12 @@ assert len(ERRATA_BY_ID) == len(ERRATA), "duplicate ERRATA ids"
 
 # ============================================================================ the chapter's comparison
 def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Per-loss parameters from the ``gradients`` chapter's parameters (see its catalog entry).
-
-    ``beta`` goes to dpo, sft_dpo, ipo and dpop; ``beta_balanced`` to nbdpo, nbdpo_v2 and bdpo; the others
-    by name. Validated by :func:`prefdyn.losses.check_loss_params` (defaults filled in).
-    """
+    """Per-loss parameters from the ``gradients`` chapter's parameters, by the book-wide names of
+    :func:`prefdyn.losses.loss_params_from` (``beta``; ``beta_balanced`` for nbdpo, nbdpo_v2 and bdpo;
+    the others by their own name), validated, defaults filled in."""
     from .losses import LOSS_NAMES, loss_params_from
 
-    names = list(losses if losses is not None else params.get("losses", LOSS_NAMES))
-    pick = {
-        "dpo": {"beta": "beta"}, "flex_dpo": {"beta_chosen": "beta_chosen", "beta_rejected": "beta_rejected"},
-        "sft_dpo": {"beta": "beta", "gamma": "gamma"}, "ipo": {"beta": "beta"},
-        "slic": {"delta": "delta", "eta": "eta"}, "dpop": {"beta": "beta", "lam": "lam"},
-        "nbdpo": {"beta": "beta_balanced", "clip": "clip", "symmetric": "symmetric"},
-        "nbdpo_v2": {"beta": "beta_balanced", "clip": "clip", "symmetric": "symmetric"},
-        "bdpo": {"beta": "beta_balanced"},
-    }
-    return loss_params_from(params, pick, names)
+    return loss_params_from(params, list(losses if losses is not None else params.get("losses", LOSS_NAMES)))
 
 
 def _param_subs(name: str, p: Mapping[str, Any]) -> dict:
