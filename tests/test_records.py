@@ -212,9 +212,6 @@ def test_member_indicators_on_hand_made_records():
     eq(ind["rejected_log_decline_rate"], [3.0 * math.log(10.0) / 40.0, 4.0 / 40.0])
 
 
-@pytest.mark.xfail(strict=True, reason="library bug (minor): member_indicators computes the ratio under "
-                                       "np.errstate but log10_grad_ratio_final outside it, so a member whose "
-                                       "gradients both vanish (log -inf - -inf) emits a RuntimeWarning")
 def test_member_indicators_warn_nothing_when_gradients_vanish():
     import warnings
 

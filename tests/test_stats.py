@@ -113,9 +113,6 @@ def test_mean_ci_is_scale_safe(scale):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.xfail(strict=True, reason="library bug: mean_ci scales the spread against underflow but not the "
-                                       "mean against overflow: the finite sample [1e308, 1e308] gets mean inf, "
-                                       "[1.7e308, 1.7e308, -1.7e308] gets lo = NaN (inf - inf)")
 def test_mean_ci_does_not_overflow_on_finite_samples():
     r = stats.mean_ci([1e308, 1e308])
     assert r["mean"] == 1e308 and r["lo"] == r["hi"] == 1e308

@@ -73,9 +73,6 @@ def test_unknown_names_take_a_spare_colour_deterministically():
         assert json.loads(out.stdout) == colours
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: the spare palette plotting._EXTRA holds #66A61E (= SFT) and "
-                                       "#A6761D (= RLHF (PPO)): a registered loss named 'cpo' or 'hinge_test' "
-                                       "is drawn in SFT's colour")
 def test_spare_colours_differ_from_the_book_colours():
     from matplotlib.colors import to_rgb
 

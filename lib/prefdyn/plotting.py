@@ -62,7 +62,7 @@ LOSS_LABELS = {
 # Roles inside one run (chosen / rejected / unseen responses), used by the toy and LLM chapters.
 ROLE_COLORS = {"chosen": "#009E73", "rejected": "#D55E00", "unseen": "#7F7F7F", "other": "#56B4E9"}
 
-_EXTRA = ["#1B9E77", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#1F78B4", "#B2DF8A", "#FB9A99"]
+_EXTRA = ["#1B9E77", "#E7298A", "#E41A1C", "#E6AB02", "#6A3D9A", "#1F78B4", "#B2DF8A", "#FB9A99"]  # none a book colour
 
 STYLE = {
     "figure.figsize": FIGSIZE,

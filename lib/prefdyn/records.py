@@ -167,8 +167,9 @@ def member_indicators(run: ToyRun, rate_window: int = 50) -> dict[str, np.ndarra
     """
     rc, st = run.records, run.steps
     ch = rc["chosen"]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):    # both gradients 0: NaN, silently
         ratio = np.exp(rc["log_grad_rejected"] - rc["log_grad_chosen"])
+        log10_ratio_final = (rc["log_grad_rejected"][-1] - rc["log_grad_chosen"][-1]) / math.log(10.0)
     peak_i = np.argmax(ch, axis=0)
     M = ch.shape[1]
     w = min(int(rate_window), int(st[-1])) if st[-1] > 0 else 0
@@ -195,7 +196,7 @@ def member_indicators(run: ToyRun, rate_window: int = 50) -> dict[str, np.ndarra
         "unpaired_gain": rc["unseen"][-1] + rc["other"][-1] - rc["unseen"][0] - rc["other"][0],
         "grad_ratio_initial": ratio[0],
         "grad_ratio_final": ratio[-1],
-        "log10_grad_ratio_final": (rc["log_grad_rejected"][-1] - rc["log_grad_chosen"][-1]) / math.log(10.0),
+        "log10_grad_ratio_final": log10_ratio_final,
         "rejected_drop_orders": (rc["log_rejected"][0] - rc["log_rejected"][-1]) / math.log(10.0),
         "grad_ratio_10_step": _first_step(np.nan_to_num(ratio, nan=0.0) > 10.0, st),
         "grad_ratio_100_step": _first_step(np.nan_to_num(ratio, nan=0.0) > 100.0, st),

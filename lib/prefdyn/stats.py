@@ -25,10 +25,15 @@ def mean_ci(x, level: float = 0.95) -> dict[str, float]:
            "frac": float(n / x.size) if x.size else 0.0}
     if n == 0:
         return out
-    mean = float(np.mean(fin))
+    finite = bool(np.all(np.isfinite(fin)))
+    # scaled first: the squares of values like 1e-255 underflow, the sum of values like 1e308 overflows
+    scale = float(np.max(np.abs(fin))) if finite else 0.0
+    with np.errstate(over="ignore"):
+        mean = float(np.mean(fin))
+    if finite and not math.isfinite(mean):                 # the sum overflowed: average the scaled values
+        mean = float(np.mean(fin / scale)) * scale
     out["mean"] = mean
-    if n >= 2 and np.all(np.isfinite(fin)):
-        scale = float(np.max(np.abs(fin)))           # scaled first: the squares of values like 1e-255 underflow
+    if n >= 2 and finite:
         sem = float(np.std(fin / scale, ddof=1) * scale / math.sqrt(n)) if scale > 0 else 0.0
         half = float(stats.t.ppf(0.5 + level / 2.0, n - 1)) * sem
         out["lo"], out["hi"] = mean - half, mean + half
