@@ -272,12 +272,18 @@ def test_finite_at_all_corners_of_the_range(name, dtype):
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.sampled_from(LOSS_NAMES), logp, logp)
 def test_chosen_equals_rejected_dpo_family(name, a, b):
-    """chosen == rejected and pi == pi_ref: every sigmoid loss is log 2 (nbDPO v2 / bDPO included)."""
+    """chosen == rejected and pi == pi_ref: every sigmoid loss is log 2 (nbDPO v2 / bDPO included); the
+    others have their closed form there: SFT-DPO log 2 - gamma logp, IPO (1/(2 beta))^2, SLiC delta - eta logp
+    (000 eq. 7, 8, 11 at h = 0)."""
     x = torch.tensor([a], dtype=torch.float64)
-    loss = pair_loss(name, x, x, x, x)
-    if name in ("dpo", "flex_dpo", "dpop", "nbdpo", "nbdpo_v2", "bdpo"):
-        assert loss.item() == pytest.approx(math.log(2), rel=1e-12)
-    assert torch.isfinite(loss).all()
+    loss = pair_loss(name, x, x, x, x).item()
+    d = L.LOSS_DEFAULTS[name]
+    expected = {
+        "sft_dpo": math.log(2) - d.get("gamma", 0.0) * a,
+        "ipo": (1.0 / (2.0 * d.get("beta", 1.0))) ** 2,
+        "slic": d.get("delta", 0.0) - d.get("eta", 0.0) * a,
+    }.get(name, math.log(2))
+    assert loss == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- shapes, dtypes, vectorisation
