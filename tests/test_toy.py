@@ -190,6 +190,7 @@ def test_probability_intervals_stay_in_range():
     assert s["peak_chosen_step"]["lo"] < -1.0                    # an unbounded indicator is left alone
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_path_matches_cpu():
     kw = dict(steps=20, sft_steps=20, hidden=16, dtype=torch.float64, progress=False)
     gpu = toy.run_grid([{"loss": "dpo"}, {"loss": "ipo"}], 3, device="cuda", **kw)

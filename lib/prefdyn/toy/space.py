@@ -9,6 +9,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from ..validate import check_int, check_number
 from .rng import hash_keys
 
 __all__ = ["ToySpec", "initial_distribution", "SCENARIOS", "SCENARIO_LABELS", "scenario_distribution",
@@ -29,9 +30,7 @@ class ToySpec:
 
     def __post_init__(self):
         for name, low in (("n_prompts", 1), ("n_rejected", 1), ("n_unseen", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+            check_int(name, getattr(self, name), low)
 
     @property
     def n_responses(self) -> int:
@@ -85,8 +84,7 @@ def initial_distribution(spec: ToySpec, p_chosen: float = 0.12, p_rejected: floa
     """
     p_other = p_chosen if p_other is None else p_other
     for name, v in (("p_chosen", p_chosen), ("p_rejected", p_rejected), ("p_other", p_other)):
-        if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) or not (0.0 < float(v) < 1.0):
-            raise ValueError(f"{name}: expected a probability in (0, 1), got {v!r}")
+        check_number(name, v, 0.0, 1.0, low_open=True, high_open=True)
     P, R = spec.n_prompts, spec.n_responses
     used = p_chosen + (P - 1) * p_other + spec.n_rejected * p_rejected
     rest = 1.0 - used
