@@ -201,6 +201,7 @@ def test_run_rlhf_reproducible():
         for k in a[m].records:
             np.testing.assert_array_equal(a[m].records[k], b[m].records[k])
         assert set(records.summarise(a[m])[m]) == set(records.INDICATORS)
+        assert a[m].configs[0].loss == m and a[m].configs[0].loss_params == {"beta": 0.1}   # not 'dpo'
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -262,7 +262,7 @@ def _make_run(policy: BatchedPolicy, name: str, recorder: _Recorder, *, ref_logp
     spec = policy.spec
     ref = ref_logp.detach().to(torch.float64).cpu()
     return RLHFRun(
-        spec=spec, configs=[ToyConfig(name=name)], member_config=np.zeros(M, dtype=np.int64),
+        spec=spec, configs=[ToyConfig(loss=name, loss_params={"beta": beta}, name=name)], member_config=np.zeros(M, dtype=np.int64),
         member_seed=policy.seeds.cpu().numpy(), steps=steps, records=records, probs=None,
         init_probs=init_probs,
         targets=(np.full((1, spec.n_prompts, spec.n_responses), np.nan) if target is None else target),
