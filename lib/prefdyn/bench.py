@@ -17,7 +17,30 @@ from .toy.space import ToySpec, initial_distribution, sample_rejected
 from .toy.train import _preference_train, sft
 from .validate import check_int
 
-__all__ = ["bench"]
+__all__ = ["bench", "count_aten_ops"]
+
+
+def count_aten_ops(fn) -> int | None:
+    """The number of ATen operator calls ``fn()`` makes: every call that reaches the dispatcher below
+    autograd (kernels, in-place and ``out=`` ops and views alike, backward ops included; a composite op
+    counts as the ops it decomposes into), counted with a ``TorchDispatchMode``; ``None`` where this torch
+    has no dispatch modes. Unlike a time, the count does not depend on the machine or its load: it
+    measures the Python and dispatcher work of the code."""
+    try:
+        from torch.utils._python_dispatch import TorchDispatchMode
+    except ImportError:                                      # pragma: no cover - old torch
+        return None
+
+    class _Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count() as counter:
+        fn()
+    return counter.n
 
 
 def _single_run_reference(pol, m: int, loss: L.Loss, params: dict, steps: int, lr: float,
@@ -65,7 +88,8 @@ def _single_run_reference(pol, m: int, loss: L.Loss, params: dict, steps: int, l
 
 def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = None, loss: str = "dpo",
           hidden: int = 64, pairs_per_prompt: int = 4, lr: float = 1e-3, device="auto", threads: int | None = 1,
-          loop_threads: int | None = None, repeats: int = 3, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+          loop_threads: int | None = None, repeats: int = 3, out: str | Path | None = None, progress: bool = True,
+          count_ops: bool = True) -> dict[str, Any]:
     """Time the same work (``members`` x ``steps`` preference-optimisation updates of the MLP toy, with
     all records) done by the batched trainer and by a plain loop of single runs (``nn.Sequential`` +
     ``torch.optim.Adam``, one member at a time, as a plain script would do it).
@@ -79,6 +103,10 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
     loop, 256 runs long, averages the machine's load by itself); the loop, after a short untimed warm-up
     run, runs on the CPU with ``loop_threads`` intra-op threads (default: ``threads``; one thread is the loop's fastest setting on
     the 2-core machine, so ``threads=2, loop_threads=1`` compares each side at its best).
+    ``count_ops`` (default) also counts the ATen ops (:func:`count_aten_ops`) of one more, untimed,
+    batched run (``batched_aten_ops_per_step``: its ops / ``steps``, set-up and records included) and of
+    one member's loop run (``loop_aten_ops_per_member_step``; ``loop_aten_ops_per_step`` = that x
+    ``members``: the loop's ops for the work of one batched step); ``None`` when not counted.
     Returns a dict (and writes it as JSON to ``out`` when given).
     """
     from .progress import bar
@@ -104,13 +132,16 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
         sft(pol, initial_distribution(spec).to(dev), steps=300)
         groups = [(slice(0, members), loss_fn, params)]
 
+        def train(p):
+            _preference_train(p, groups, steps=steps, lr=lr, optimizer="adam", pairs_per_prompt=pairs_per_prompt,
+                              progress=False)
+
         def batched():
             p = pol.clone()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            _preference_train(p, groups, steps=steps, lr=lr, optimizer="adam", pairs_per_prompt=pairs_per_prompt,
-                              progress=False)
+            train(p)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - t0, p
@@ -122,6 +153,8 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
             times.append(t_run)
         t_batched = float(np.median(times))
         threads_used = torch.get_num_threads()
+        p_count = pol.clone()
+        ops_batched = count_aten_ops(lambda: train(p_count)) if count_ops else None
     with cpu_settings(loop_threads):
         _single_run_reference(pol, 0, loss_fn, params, min(steps, 5), lr, pairs_per_prompt)  # untimed warm-up
         t0 = time.perf_counter()
@@ -131,6 +164,8 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
             finals.append(r["final_probs"])
         t_loop_measured = time.perf_counter() - t0
         loop_threads_used = torch.get_num_threads()
+        ops_loop = (count_aten_ops(lambda: _single_run_reference(pol, 0, loss_fn, params, steps, lr, pairs_per_prompt))
+                    if count_ops else None)
     t_loop = t_loop_measured * members / loop_members
     diff = float((torch.stack(finals) - p_final.probs()[:loop_members].cpu()).abs().max())
     res = {
@@ -143,6 +178,9 @@ def bench(members: int = 256, steps: int = 200, *, loop_members: int | None = No
         "batched_us_per_member_step": 1e6 * t_batched / (members * steps),
         "loop_us_per_member_step": 1e6 * t_loop / (members * steps),
         "max_abs_diff_final_probs": diff,
+        "batched_aten_ops_per_step": None if ops_batched is None else ops_batched / steps,
+        "loop_aten_ops_per_member_step": None if ops_loop is None else ops_loop / steps,
+        "loop_aten_ops_per_step": None if ops_loop is None else ops_loop * members / steps,
     }
     if out is not None:
         path = Path(out)

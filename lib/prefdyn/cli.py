@@ -212,6 +212,13 @@ def _cmd_bench(args) -> int:
         if isinstance(v, list):
             v = "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
         print(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}")
+    ops = res.get("batched_aten_ops_per_step")
+    loop_ops = res.get("loop_aten_ops_per_member_step")
+    print(f"summary: batched {res['batched_s']:.3g} s = {res['batched_us_per_member_step']:.3g} us per member-step"
+          + (f", {ops:.0f} aten ops per step" if ops is not None else "")
+          + f"; plain loop {res['loop_s']:.3g} s = {res['loop_us_per_member_step']:.3g} us per member-step"
+          + (f", {loop_ops:.0f} aten ops per member-step" if loop_ops is not None else "")
+          + f"; ratio {res['ratio']:.1f}x")
     print(f"wrote {out}")
     return 0
 

@@ -66,35 +66,56 @@ def state_columns(spec: "ToySpec", logp: torch.Tensor, role_w: torch.Tensor) -> 
     role masses (means over prompts), pi(one rejected) = rejected mass / n_rejected, and the log-space
     ``log_chosen`` and ``log_rejected`` (finite when a probability underflows)."""
     lg = logp.detach().to(torch.float64)
-    roles = torch.einsum("mpr,prk->mk", lg.exp(), role_w)                      # chosen, rejected mass, other, unseen
+    pr = lg.exp()
+    roles = torch.einsum("mpr,prk->mk", pr, role_w)                            # chosen, rejected mass, other, unseen
     rb = spec.rejected_block
     log_c = lg.diagonal(dim1=1, dim2=2).mean(-1)
-    log_r = (torch.logsumexp(lg[..., rb.start: rb.stop], -1) - math.log(spec.n_rejected)).mean(-1)
+    # each prompt's log rejected mass; in log space (logsumexp) only where the mass underflows to 0
+    log_rej = pr[..., rb.start: rb.stop].sum(-1).log_()
+    if not bool(torch.isfinite(log_rej).all()):
+        log_rej = torch.where(torch.isfinite(log_rej), log_rej, torch.logsumexp(lg[..., rb.start: rb.stop], -1))
+    log_r = (log_rej - math.log(spec.n_rejected)).mean(-1)
     return torch.cat([roles, (roles[:, 1] / spec.n_rejected)[:, None], log_c[:, None], log_r[:, None]], dim=1)
+
+
+def _gradient_columns(g: torch.Tensor, lpd: torch.Tensor) -> torch.Tensor:
+    """:func:`gradient_columns` of float64 ``g`` and ``lpd`` ``[M, 2, n]``.
+
+    The mean magnitude ``sum_i |g_i| / pi_i / n`` is summed directly: each term ``|g| exp(-log pi)`` is
+    at least ``|g|`` (log pi <= 0), so none underflows; where the sum is not finite (a pi below e^-709
+    overflows ``exp(-log pi)``) it is recomputed in log space (logsumexp), so ``log_mag`` stays finite."""
+    ge = g * lpd.neg().exp_()                                               # dl/dpi per pair
+    mag = ge.abs().mean(-1)
+    log_mag = mag.log()
+    bad = ~torch.isfinite(log_mag)
+    if bool(bad.any()):
+        log_ls = torch.logsumexp(g.abs().log() - lpd, dim=-1) - math.log(g.shape[-1])
+        log_mag = torch.where(bad, log_ls, log_mag)
+        mag = torch.where(bad, log_ls.exp(), mag)
+    return torch.cat([log_mag, mag, g.mean(-1), ge.mean(-1)], dim=1)
 
 
 def gradient_columns(dlogp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     """The :data:`GRADIENT_COLUMNS`, ``[M, 8]`` float64, from the per-pair derivatives ``dlogp [M, 2, n]``
     (dl/dlog pi of the chosen, side 0, and rejected, side 1, response of each of the ``n`` pairs) and the
     pairs' log-probabilities ``logp [M, 2, n]``: dl/dpi = (dl/dlog pi) / pi (000 Sec. 3.1); the mean
-    magnitudes are computed in log space (logsumexp), so they stay finite when pi underflows."""
-    g = dlogp.detach().to(torch.float64)
-    lpd = logp.detach().to(torch.float64)
-    n = g.shape[-1]
-    log_mag = torch.logsumexp(g.abs().log() - lpd, dim=-1) - math.log(n)       # [M, 2]
-    return torch.cat([log_mag, log_mag.exp(), g.mean(-1), (g * torch.exp(-lpd)).mean(-1)], dim=1)
+    magnitudes stay finite when pi underflows (log space where needed)."""
+    return _gradient_columns(dlogp.detach().to(torch.float64), logp.detach().to(torch.float64))
 
 
 def record_row(spec: "ToySpec", logp, lp, g_lp, member_loss, role_w, n_pairs: int, K: int) -> torch.Tensor:
     """One row of the toy trainer's records, ``[M, len(RECORD_ORDER)]`` float64, in a handful of batched
     ops: ``logp [M, P, R]`` the policies, ``lp [M, P, 2K]`` the pairs' log-probs (K chosen then K rejected
     per prompt), ``g_lp`` d(member loss)/d``lp`` (``g_lp * n_pairs`` is each pair's own dl/dlog pi: the
-    trained loss is the mean over the ``n_pairs = P*K`` pairs), ``member_loss [M]``."""
+    trained loss is the mean over the ``n_pairs = P*K`` pairs), ``member_loss [M]``. The trainer passes
+    many steps at once (``M`` = steps x members)."""
     M = logp.shape[0]
-    g = (g_lp * n_pairs).view(M, -1, 2, K).transpose(1, 2).reshape(M, 2, -1)   # [M, side, P*K]
-    lpd = lp.detach().view(M, -1, 2, K).transpose(1, 2).reshape(M, 2, -1)
+    g = torch.empty(M, 2, n_pairs, dtype=torch.float64, device=logp.device)     # [M, side, P*K]
+    g.view(M, 2, -1, K).copy_((g_lp.detach() * n_pairs).view(M, -1, 2, K).transpose(1, 2))
+    lpd = torch.empty(M, 2, n_pairs, dtype=torch.float64, device=logp.device)
+    lpd.view(M, 2, -1, K).copy_(lp.detach().view(M, -1, 2, K).transpose(1, 2))
     return torch.cat([state_columns(spec, logp, role_w), member_loss.detach().to(torch.float64)[:, None],
-                      gradient_columns(g, lpd)], dim=1)
+                      _gradient_columns(g, lpd)], dim=1)
 
 
 #: Indicators of :func:`member_indicators` (per member) and :func:`summarise` (mean and 95% interval).

@@ -53,18 +53,24 @@ class BatchedAdam:
                 self.blocks.append((i, i + 1, x))
         self.fused = hasattr(torch, "_fused_adam_") if fused is None else bool(fused)
         self._step_t = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
+        # the detached parameters and, per block, the row views of parameters and state: built once, not
+        # sliced again at every step (a single block, one learning rate, takes the whole tensors)
+        self._ps = [p.detach() for p in self.params]
+        self._views = [(a, b, lr, [p[a:b] for p in self._ps], [m[a:b] for m in self.m], [v[a:b] for v in self.v])
+                       for a, b, lr in self.blocks]
 
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor]) -> None:
         self.t += 1
-        ps = [p.detach() for p in self.params]
+        ps = self._ps
         gs = [g.contiguous() for g in grads]
         if self.fused:
             try:
                 self._step_t.fill_(float(self.t))
-                for a, b, lr in self.blocks:
-                    torch._fused_adam_([p[a:b] for p in ps], [g[a:b] for g in gs], [m[a:b] for m in self.m],
-                                       [v[a:b] for v in self.v], [], [self._step_t] * len(ps),
+                steps = [self._step_t] * len(ps)
+                whole = len(self._views) == 1
+                for a, b, lr, pv, mv, vv in self._views:
+                    torch._fused_adam_(pv, gs if whole else [g[a:b] for g in gs], mv, vv, [], steps,
                                        amsgrad=False, lr=lr, beta1=self.b1, beta2=self.b2, weight_decay=0.0,
                                        eps=self.eps, maximize=False, grad_scale=None, found_inf=None)
                 return

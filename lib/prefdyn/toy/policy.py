@@ -118,6 +118,26 @@ class BatchedPolicy:
         """pi(a|x), detached, ``[M, P, R]``."""
         return torch.softmax(self.forward(), dim=-1)
 
+    def logits_and_vjp(self, work: dict | None = None) -> tuple[torch.Tensor, Callable[..., list[torch.Tensor]]]:
+        """The trainer's forward and backward pass without an autograd graph over the parameters.
+
+        Returns the logits ``[M, P, R]`` (detached) and ``vjp(g, out=None)``, which maps
+        ``g`` = d(loss)/d(logits) to d(loss)/d(leaf) for every leaf of :meth:`param_list` (a list in that
+        order). ``out``: optional tensors shaped like the leaves that a pass may write gradients into
+        instead of allocating (the returned list is what counts). The leaves must not change between the
+        two calls. ``work``: a dict the caller keeps across calls, where a policy may keep its buffers (the
+        returned tensors may live there, valid until the next call). This default runs autograd;
+        :class:`MLPPolicy` and :class:`TabularPolicy` write their backward pass out (tested against autograd).
+        """
+        params = self.param_list()
+        with torch.enable_grad():
+            z = self.forward()
+
+        def vjp(g, out=None):
+            return list(torch.autograd.grad(z, params, g, allow_unused=True, materialize_grads=True))
+
+        return z.detach(), vjp
+
     def clone(self) -> "BatchedPolicy":
         """An independent copy (same seeds, copied parameters)."""
         return self.subset(slice(None))
@@ -152,6 +172,13 @@ class TabularPolicy(BatchedPolicy):
         params = self.params if params is None else params
         return params["logits"]
 
+    def logits_and_vjp(self, work: dict | None = None):
+        """See :meth:`BatchedPolicy.logits_and_vjp`: the logits are the leaf, so the gradient is ``g``."""
+        def vjp(g, out=None):
+            return [g]
+
+        return self.params["logits"].detach(), vjp
+
 
 #: The MLP's activations: name -> (function for the batched forward, ``torch.nn`` module for
 #: :meth:`MLPPolicy.member_module`).
@@ -159,6 +186,29 @@ ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], type]] = {
     "relu": (torch.relu, torch.nn.ReLU), "tanh": (torch.tanh, torch.nn.Tanh), "gelu": (F.gelu, torch.nn.GELU),
     "silu": (F.silu, torch.nn.SiLU),
 }
+
+_aten = torch.ops.aten
+
+#: The activations as out= kernels (the ATen ops of :data:`ACTIVATIONS`, same values) and their backward:
+#: (d(loss)/d(output), pre-activation a, output h, out) -> d(loss)/d(a), the kernels autograd runs for them.
+_ACTIVATION_OUT: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "relu": lambda a, out: _aten.clamp_min.out(a, 0, out=out), "tanh": lambda a, out: _aten.tanh.out(a, out=out),
+    "gelu": lambda a, out: _aten.gelu.out(a, out=out), "silu": lambda a, out: _aten.silu.out(a, out=out),
+}
+_ACTIVATION_BACKWARD: dict[str, Callable[..., torch.Tensor]] = {
+    "relu": lambda g, a, h, out: _aten.threshold_backward.grad_input(g, h, 0, grad_input=out),
+    "tanh": lambda g, a, h, out: _aten.tanh_backward.grad_input(g, h, grad_input=out),
+    "gelu": lambda g, a, h, out: _aten.gelu_backward.grad_input(g, a, grad_input=out),
+    "silu": lambda g, a, h, out: _aten.silu_backward.grad_input(g, a, grad_input=out),
+}
+
+
+def _buffer(work: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """``work[name]``, (re)allocated as an empty tensor of ``shape`` with ``like``'s dtype and device."""
+    t = work.get(name)
+    if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+        t = work[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return t
 
 
 class MLPPolicy(BatchedPolicy):
@@ -202,6 +252,44 @@ class MLPPolicy(BatchedPolicy):
         h1 = act(v["W1"] + v["b1"])                              # one-hot(x) @ W1 + b1, [M, P, H]
         h2 = act(torch.baddbmm(v["b2"], h1, v["W2"]))            # [M, P, H]
         return torch.baddbmm(v["b3"], h2, v["W3"])               # [M, P, R]
+
+    def logits_and_vjp(self, work: dict | None = None):
+        """See :meth:`BatchedPolicy.logits_and_vjp`; the backward pass written out, with the ATen kernels
+        autograd runs for :meth:`forward` (a dozen ops, no graph): ``g_b3 = sum_p g``, ``g_W3 = h2^T g``,
+        ``g_a2 = act'(g W3^T)``, ``g_W2 = h1^T g_a2``, ``g_b2 = sum_p g_a2``, ``g_W1 = act'(g_a2 W2^T)`` (the
+        one-hot input selects one row of ``W1`` per prompt), ``g_b1 = sum_p g_W1``.
+
+        ``work``: a dict the caller keeps from step to step; the activations, logits and intermediate
+        gradients then live in buffers held there (reused by the next call, so no large allocation per
+        step). Without it they are allocated."""
+        work = {} if work is None else work
+        v = self.params
+        M, P, H, R = self.members, self.spec.n_prompts, self.hidden, self.spec.n_responses
+        ref = v["W1"]
+        act = _ACTIVATION_OUT[self.activation]
+        back = _ACTIVATION_BACKWARD[self.activation]
+        with torch.no_grad():
+            a1 = torch.add(v["W1"], v["b1"], out=_buffer(work, "a1", (M, P, H), ref))
+            h1 = act(a1, _buffer(work, "h1", (M, P, H), ref))
+            a2 = torch.baddbmm(v["b2"], h1, v["W2"], out=_buffer(work, "a2", (M, P, H), ref))
+            h2 = act(a2, _buffer(work, "h2", (M, P, H), ref))
+            z = torch.baddbmm(v["b3"], h2, v["W3"], out=_buffer(work, "z", (M, P, R), ref))
+
+        def vjp(g, out=None):
+            o = [None] * 6 if out is None else out
+            with torch.no_grad():
+                gb3 = torch.sum(g, 1, keepdim=True, out=o[5])
+                gW3 = torch.bmm(h2.transpose(1, 2), g, out=o[4])
+                gh = torch.bmm(g, v["W3"].transpose(1, 2), out=_buffer(work, "g_h2", (M, P, H), ref))
+                ga2 = back(gh, a2, h2, _buffer(work, "g_a2", (M, P, H), ref))
+                gb2 = torch.sum(ga2, 1, keepdim=True, out=o[3])
+                gh = torch.bmm(ga2, v["W2"].transpose(1, 2), out=_buffer(work, "g_h1", (M, P, H), ref))
+                gW2 = torch.bmm(h1.transpose(1, 2), ga2, out=o[2])
+                gW1 = back(gh, a1, h1, o[0] if o[0] is not None else torch.empty_like(gh))
+                gb1 = torch.sum(gW1, 1, keepdim=True, out=o[1])
+            return [gW1, gb1, gW2, gb2, gW3, gb3]
+
+        return z, vjp
 
     def member_module(self, m: int) -> torch.nn.Sequential:
         """Member ``m`` as the plain ``torch.nn`` network a single run would use: ``Sequential(Linear(P, H),

@@ -267,14 +267,24 @@ def train(loss: Any = "dpo", loss_params: Mapping | None = None, init=None, seed
 
 def _preference_train(pol: BatchedPolicy, groups, *, steps: int, lr, optimizer: str, pairs_per_prompt: int,
                       record_every: int = 1, record_probs: bool = False, progress: bool = True,
-                      desc: str | None = None, chunk: int = 256):
+                      desc: str | None = None, chunk: int = 256, record_chunk: int = 64):
     """Step 2 on an already fitted policy; ``groups`` = [(member slice, loss name, params)] covering all
     members in order, whose parameters are already checked. The reference policy is ``pol`` as given.
-    Returns (records, steps, probs)."""
+    Returns (records, steps, probs).
+
+    The hot loop (see the README, *Performance of the toy trainer*): the policy's forward pass and its
+    written-out backward pass (:meth:`BatchedPolicy.logits_and_vjp`, no autograd graph over the
+    weights), autograd only through the loss on the gathered log-probs of the pairs, the log-softmax
+    backward and the gather's scatter into preallocated buffers, one fused Adam call. The pairs, their
+    gather indices and reference log-probs come ``chunk`` steps at a time; the inputs of the records
+    (the policy's log-probs, the pairs' log-probs and their gradients, the losses, in the policy's dtype)
+    are held and turned into record rows (:func:`prefdyn.records.record_row`, float64) ``record_chunk``
+    recorded steps at a time, so the per-step cost does not depend on the records.
+    """
     from ..progress import bar
 
     spec = pol.spec
-    M, P, K = pol.members, spec.n_prompts, pairs_per_prompt
+    M, P, R, K = pol.members, spec.n_prompts, spec.n_responses, pairs_per_prompt
     dev, dt = pol.device, pol.dtype
     with torch.no_grad():
         ref_logp = pol.log_probs().detach()
@@ -285,35 +295,69 @@ def _preference_train(pol: BatchedPolicy, groups, *, steps: int, lr, optimizer: 
     n_rec = len(rec_idx)
     slot_of = {s: i for i, s in enumerate(rec_idx)}
     rec = torch.empty(n_rec, M, len(RECORD_ORDER), dtype=torch.float64, device=dev)
-    probs_out = torch.empty(n_rec, M, P, spec.n_responses, dtype=torch.float32, device=dev) if record_probs else None
-    pos_idx = torch.arange(P, device=dev).view(1, P, 1).expand(M, P, K)
+    probs_out = torch.empty(n_rec, M, P, R, dtype=torch.float32, device=dev) if record_probs else None
     n_pairs = P * K
-    ref_pos = ref_logp.gather(2, pos_idx)
+    pos_idx = torch.arange(P, device=dev).view(1, 1, P, 1)
+    ref_pos = ref_logp.gather(2, pos_idx[0].expand(M, P, K))
+    # bounded memory: the int64 indices of a chunk [chunk, M, P, 2K] and the held record inputs stay small
+    chunk = max(1, min(int(chunk), (1 << 22) // max(1, M * P * 2 * K)))
+    n_buf = max(1, min(int(record_chunk), n_rec, (1 << 22) // max(1, M * (P * R + 4 * P * K + 1))))
+    g_logp_t = torch.empty(R, M, P, dtype=dt, device=dev)       # d loss / d log pi, responses first
+    g_logp = g_logp_t.permute(1, 2, 0)                          # ... viewed [M, P, R]
+    grads = [torch.empty_like(p).detach() for p in params]
+    work: dict = {}                                             # the policy's per-step buffers
+    single = len(groups) == 1 and groups[0][0] == slice(0, M)
+    ones_m = torch.ones(M, dtype=dt, device=dev)                 # d(sum of the member losses)/d(member loss)
+    held: list[tuple] = []                                      # (slot, logp [R, M, P], lp, g_lp, loss) not yet recorded
+
+    def flush():
+        n, s0 = len(held), held[0][0]
+        with torch.no_grad():
+            logp_b = torch.stack([h[1].permute(1, 2, 0) for h in held])             # [n, M, P, R]
+            lp_b, g_b, loss_b = (torch.stack([h[i] for h in held]) for i in (2, 3, 4))
+            rows = record_row(spec, logp_b.view(n * M, P, R), lp_b.view(n * M, P, 2 * K),
+                              g_b.view(n * M, P, 2 * K), loss_b.view(n * M), role_w, n_pairs, K)
+            rec[s0: s0 + n] = rows.view(n, M, -1)
+            if probs_out is not None:
+                probs_out[s0: s0 + n] = logp_b.exp().float()
+        held.clear()
+
     it = bar(range(steps + 1), total=steps + 1, desc=desc or f"toy ({M} members)") if progress else range(steps + 1)
-    rej_chunk, chunk_start = None, -1
+    idx_chunk, ref_chunk, chunk_start = [], [], 0
     for t in it:
-        if rej_chunk is None or t >= chunk_start + chunk:
+        if t >= chunk_start + len(idx_chunk):
             chunk_start = t
             span = torch.arange(t, min(t + chunk, steps + 1), device=dev)
-            rej_chunk = sample_rejected(spec, pol.seeds, span, K)            # [chunk, M, P, K]
-        neg_idx = rej_chunk[t - chunk_start]
-        logp = pol.log_probs()
-        idx = torch.cat([pos_idx, neg_idx], dim=2)                           # [M, P, 2K]
-        lp = logp.gather(2, idx)
-        lp_pos, lp_neg = lp[..., :K], lp[..., K:]
-        ref_neg = ref_logp.gather(2, neg_idx)
-        per_pair = torch.cat([
-            loss.fn(lp_pos[sl], lp_neg[sl], ref_pos[sl], ref_neg[sl], **loss_params)
-            for sl, loss, loss_params in groups], dim=0)                           # [M, P, K]
-        member_loss = per_pair.mean(dim=(1, 2))
-        *g_theta, g_lp = torch.autograd.grad(member_loss.sum(), [*params, lp])
-        if t in slot_of:
-            with torch.no_grad():
-                rec[slot_of[t]] = record_row(spec, logp, lp, g_lp, member_loss, role_w, n_pairs, K)
-                if probs_out is not None:
-                    probs_out[slot_of[t]] = logp.detach().exp().float()
-        if t < steps:
-            opt.step(g_theta)
+            rej = sample_rejected(spec, pol.seeds, span, K)                  # [chunk, M, P, K]
+            idx_chunk = torch.cat([pos_idx.expand(len(span), M, P, K), rej], dim=3).unbind(0)   # [M, P, 2K] each
+            ref_chunk = ref_logp.expand(len(span), M, P, R).gather(3, rej).unbind(0)          # [M, P, K] each
+        idx, ref_neg = idx_chunk[t - chunk_start], ref_chunk[t - chunk_start]
+        with torch.no_grad():
+            z, vjp = pol.logits_and_vjp(work)
+            logp_t = torch.log_softmax(z.permute(2, 0, 1).contiguous(), dim=0)   # [R, M, P]: see log_softmax_responses
+            logp = logp_t.permute(1, 2, 0)
+            lp = torch.gather(logp, 2, idx)                                      # [M, P, 2K]
+        with torch.enable_grad():
+            lpg = lp.requires_grad_(True)
+            lp_pos, lp_neg = lpg[..., :K], lpg[..., K:]
+            if single:
+                _, loss, loss_params = groups[0]
+                per_pair = loss.fn(lp_pos, lp_neg, ref_pos, ref_neg, **loss_params)     # [M, P, K]
+            else:
+                per_pair = torch.cat([loss.fn(lp_pos[sl], lp_neg[sl], ref_pos[sl], ref_neg[sl], **loss_params)
+                                      for sl, loss, loss_params in groups], dim=0)
+            member_loss = per_pair.mean(dim=(1, 2))
+            go = ones_m if member_loss.dtype == ones_m.dtype else torch.ones_like(member_loss)
+            g_lp, = torch.autograd.grad(member_loss, lpg, go, allow_unused=True, materialize_grads=True)
+        with torch.no_grad():
+            if t in slot_of:
+                held.append((slot_of[t], logp_t, lp.detach(), g_lp, member_loss.detach()))
+                if len(held) == n_buf or t == steps:
+                    flush()
+            if t < steps:
+                g_logp.zero_().scatter_add_(2, idx, g_lp)                      # the gather's backward
+                g_z = torch._log_softmax_backward_data(g_logp_t, logp_t, 0, logp_t.dtype).permute(1, 2, 0)
+                opt.step(vjp(g_z.contiguous(), out=grads))
     rec_np = rec.cpu().numpy()
     records = {k: rec_np[:, :, i] for i, k in enumerate(RECORD_ORDER)}
     probs = probs_out.cpu().numpy() if probs_out is not None else None
