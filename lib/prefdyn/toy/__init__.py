@@ -49,8 +49,10 @@ Reading of the paper's set-up (000 Sec. 3.2.1, Fig. 1), where the text leaves ro
 Gradients in probability space
 ------------------------------
 Every step records dl/dpi+ and dl/dpi- per pair from the same backward pass that trains the policy:
-``torch.autograd.grad`` is asked for the gradient of the loss with respect to the parameters *and* to
-the gathered log-probs of the pair, then dl/dpi = (dl/dlog pi) / pi (000 Sec. 3.1). For DPO the ratio
+``torch.autograd.grad`` gives the gradient of the loss with respect to the gathered log-probs of the pairs
+(any loss, the book's or your own, is differentiated by autograd), and the policy's written-out backward
+pass (:meth:`prefdyn.toy.policy.BatchedPolicy.logits_and_vjp`, tested against autograd) carries it to the
+parameters; then dl/dpi = (dl/dlog pi) / pi (000 Sec. 3.1). For DPO the ratio
 |dl/dpi-| / |dl/dpi+| = pi+/pi- (000 Corollary 1); the tests check this and compare the recorded
 gradients with :func:`prefdyn.losses.logprob_grads` when it exists.
 
