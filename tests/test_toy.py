@@ -355,3 +355,38 @@ def test_step_legend_names_the_marks():
     leg = plotting.step_legend(fig)
     assert [t.get_text() for t in leg.get_texts()] == [text for text, _ in plotting.STEP_MARKS.values()]
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------- the output layer and Dispersion
+def test_dpo_gives_no_gradient_to_the_logits_of_responses_in_no_pair():
+    """dl/dz_a = -(g+ + g-) pi(a) per pair for a response a in no pair: zero for DPO and IPO (g+ = -g-),
+    not for SFT-DPO (g+ + g- = -gamma)."""
+    spec = toy.ToySpec()
+    pol = toy.make_policy("mlp", spec, [0, 1], hidden=8, device="cpu", dtype=torch.float64)
+    z = pol.forward().detach().requires_grad_(True)
+    logp = torch.log_softmax(z, -1)
+    ref = logp.detach() + 0.1
+    pos = torch.arange(4).view(1, 4, 1).expand(2, 4, 2)
+    neg = toy.sample_rejected(spec, pol.seeds, torch.arange(1), 2)[0]
+    unseen = list(spec.unseen_block)
+    for name, zero in (("dpo", True), ("ipo", True), ("sft_dpo", False)):
+        lp_c, lp_r = logp.gather(2, pos), logp.gather(2, neg)
+        loss = L.get(name)(lp_c, lp_r, ref.gather(2, pos), ref.gather(2, neg)).sum()
+        (g,) = torch.autograd.grad(loss, z, retain_graph=True)
+        size = g[..., unseen].abs().max().item()
+        assert (size < 1e-15) if zero else (size > 1e-4), (name, size)
+
+
+def test_output_change_and_feature_overlap():
+    kw = dict(seeds=2, steps=60, sft_steps=30, hidden=16, device="cpu", progress=False, dtype=torch.float64)
+    run = toy.train("dpo", optimizer="sgd", lr=0.05, **kw)
+    oc = toy.output_change(run)
+    assert set(oc) == {"chosen_block", "rejected", "unseen"}
+    assert oc["unseen"]["weights"] < 1e-12 and oc["unseen"]["bias"] < 1e-12       # float64 rounding only
+    assert oc["chosen_block"]["weights"] > 1e-3 and oc["rejected"]["bias"] > 1e-4
+    sft_dpo = toy.output_change(toy.train("sft_dpo", optimizer="sgd", lr=0.05, **kw))
+    assert sft_dpo["unseen"]["bias"] > 1e-4                                      # g+ + g- = -gamma moves them
+    ov = toy.feature_overlap(run)
+    assert set(ov) == {"sft", "final"} and all(-1.0 <= v <= 1.0 for v in ov.values())
+    with pytest.raises(ValueError, match="MLP"):
+        toy.output_change(toy.train("dpo", policy="tabular", **kw))

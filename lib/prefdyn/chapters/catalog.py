@@ -153,6 +153,8 @@ def toy_tolerances(*, rtol: float, atol: float, log10: float, orders: float, ste
             ("*_seeds*", Tol(atol=2, reason="a count of seeds")),
             ("sft_max_abs_err", Tol(atol=2e-3, reason="largest SFT fit error over all members")),
             ("*max_abs_err_closed_form", Tol(atol=1e-5, reason="float32 rounding of the reward model's gradients")),
+            ("output_layer.unseen.*", Tol(atol=1e-3, reason="float rounding residue of a gradient that is exactly "
+                                          "zero: only its smallness is compared")),
         ),
     )
 

@@ -246,12 +246,16 @@ class MLPPolicy(BatchedPolicy):
         u = counter_uniform(self.seeds.cpu(), stream=1, n=self.n_params)        # [M, N] in (0, 1)
         return ((2.0 * u - 1.0) * bound).to(device=self.device, dtype=self.dtype)
 
-    def forward(self, params=None):
+    def features(self, params=None) -> torch.Tensor:
+        """The last hidden layer ``h2 [M, P, H]``: the features the output layer reads for each prompt."""
         v = self.params if params is None else params
         act = ACTIVATIONS[self.activation][0]
         h1 = act(v["W1"] + v["b1"])                              # one-hot(x) @ W1 + b1, [M, P, H]
-        h2 = act(torch.baddbmm(v["b2"], h1, v["W2"]))            # [M, P, H]
-        return torch.baddbmm(v["b3"], h2, v["W3"])               # [M, P, R]
+        return act(torch.baddbmm(v["b2"], h1, v["W2"]))          # [M, P, H]
+
+    def forward(self, params=None):
+        v = self.params if params is None else params
+        return torch.baddbmm(v["b3"], self.features(params), v["W3"])   # [M, P, R]
 
     def logits_and_vjp(self, work: dict | None = None):
         """See :meth:`BatchedPolicy.logits_and_vjp`; the backward pass written out, with the ATen kernels

@@ -19,7 +19,7 @@ from .optim import OPTIMIZERS, make_optimizer
 from .policy import POLICIES, BatchedPolicy, TabularPolicy, as_seeds, make_policy
 from .space import ToySpec, resolve_init, sample_rejected
 
-__all__ = ["sft", "ToyConfig", "ToyRun", "run_grid", "train"]
+__all__ = ["sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap"]
 
 
 def sft(policy: BatchedPolicy, target, *, steps: int = 500, lr: float = 1e-2, optimizer: str = "adam",
@@ -119,6 +119,8 @@ class ToyRun:
     sft_kl: np.ndarray               # [M]
     policy: BatchedPolicy
     settings: dict
+    #: the policy's parameters after SFT (layer name -> ``[M, *shape]``), before any preference update
+    init_params: dict[str, np.ndarray] | None = None
 
     def members_of(self, config: int | str) -> np.ndarray:
         """Member indices of a configuration (by index or label)."""
@@ -213,6 +215,7 @@ def run_grid(configs, seeds=32, *, spec: ToySpec | None = None, policy: str = "m
         groups = _loss_groups([(loss, params) for loss, params, _, _ in checked], S, dev, dtype)
         lrs = torch.tensor([c_lr for *_, c_lr in checked], dtype=torch.float64).repeat_interleave(S)
         init_probs = pol.probs().to(torch.float64).cpu().numpy()
+        init_params = {k: v.detach().cpu().numpy().copy() for k, v in pol.params.items()}
         rec, rec_steps, probs = _preference_train(
             pol, groups, steps=steps, lr=lrs, optimizer=optimizer, pairs_per_prompt=pairs_per_prompt,
             record_every=record_every, record_probs=record_probs, progress=progress, desc=desc)
@@ -223,7 +226,7 @@ def run_grid(configs, seeds=32, *, spec: ToySpec | None = None, policy: str = "m
     return ToyRun(spec=spec, configs=configs, member_config=member_config.numpy(),
                   member_seed=member_seed.numpy(), steps=rec_steps, records=rec, probs=probs,
                   init_probs=init_probs, targets=targets.numpy(), sft_kl=fit["kl"].cpu().numpy(),
-                  policy=pol, settings=settings)
+                  policy=pol, settings=settings, init_params=init_params)
 
 
 def _loss_groups(loss_params: list[tuple[L.Loss, dict]], n_seeds: int, device, dtype) -> list[tuple[slice, L.Loss, dict]]:
@@ -362,3 +365,54 @@ def _preference_train(pol: BatchedPolicy, groups, *, steps: int, lr, optimizer: 
     records = {k: rec_np[:, :, i] for i, k in enumerate(RECORD_ORDER)}
     probs = probs_out.cpu().numpy() if probs_out is not None else None
     return records, np.asarray(rec_idx), probs
+
+
+def output_change(run: ToyRun, config: int | str = 0) -> dict[str, dict[str, float]]:
+    """How far preference training moved the MLP's output layer, per block of responses: the largest
+    ``|W3[:, :, a]_final - W3[:, :, a]_SFT|`` over the configuration's members and the hidden units, and
+    the same for the bias ``b3[a]``, for the chosen block (responses optimal for some prompt), the rejected
+    block and the unseen block (responses in no pair).
+
+    Why it matters for Dispersion (000 Property 3): the logit of a response ``a`` that is in no pair gets
+    the gradient ``dl/dz_a = -(g+ + g-) pi(a)`` per pair (``g`` = dl/dlog pi of the pair's two responses),
+    which is exactly zero for every loss with ``g+ = -g-`` (DPO, IPO, ...): its output weights and bias
+    receive no gradient, up to float rounding in the sum over the pairs, and the unseen responses can only
+    gain or lose mass through the shared hidden features and the other logits.
+    """
+    if run.init_params is None or "W3" not in run.init_params:
+        raise ValueError("run: expected an MLP run of run_grid (it keeps the post-SFT parameters)")
+    mem = run.members_of(config)
+    spec = run.spec
+    final = {k: run.policy.params[k].detach().cpu().numpy()[mem] for k in ("W3", "b3")}
+    start = {k: run.init_params[k][mem] for k in ("W3", "b3")}
+    blocks = {"chosen_block": spec.chosen_block, "rejected": spec.rejected_block, "unseen": spec.unseen_block}
+    out = {}
+    for name, blk in blocks.items():
+        cols = list(blk)
+        if not cols:
+            continue
+        dw = np.abs(final["W3"][..., cols] - start["W3"][..., cols]).max()
+        db = np.abs(final["b3"][..., cols] - start["b3"][..., cols]).max()
+        out[name] = {"weights": float(dw), "bias": float(db)}
+    return out
+
+
+def feature_overlap(run: ToyRun, config: int | str = 0) -> dict[str, float]:
+    """Mean cosine similarity of the last hidden features ``h2`` of two different prompts, over the
+    configuration's members and the prompt pairs, after SFT (``"sft"``) and after preference training
+    (``"final"``). Near 1, a push on a response's logit for one prompt moves it for every prompt (the
+    shared network's route for Dispersion onto other prompts' responses)."""
+    if run.init_params is None or "W3" not in run.init_params:
+        raise ValueError("run: expected an MLP run of run_grid (it keeps the post-SFT parameters)")
+    mem = torch.as_tensor(run.members_of(config))
+    pol = run.policy
+    start = {k: torch.as_tensor(v).to(device=pol.device, dtype=pol.dtype) for k, v in run.init_params.items()}
+    P = run.spec.n_prompts
+    off = ~torch.eye(P, dtype=torch.bool)
+    out = {}
+    with torch.no_grad():
+        for name, params in (("sft", start), ("final", None)):
+            h = torch.nn.functional.normalize(pol.features(params).to(torch.float64).cpu()[mem], dim=-1)
+            out[name] = float((h @ h.transpose(1, 2))[:, off].mean())
+    return out
+
