@@ -390,3 +390,14 @@ def test_output_change_and_feature_overlap():
     assert set(ov) == {"sft", "final"} and all(-1.0 <= v <= 1.0 for v in ov.values())
     with pytest.raises(ValueError, match="MLP"):
         toy.output_change(toy.train("dpo", policy="tabular", **kw))
+
+
+def test_logit_change_measures_how_far_the_logits_moved():
+    """Adam moves a free logit by at most about lr per update: the tabular policy's centred logits move
+    at most ~ 2 lr steps (two logits of a pair move apart); ten times the lr moves them further."""
+    kw = dict(seeds=2, steps=50, device="cpu", progress=False, policy="tabular")
+    slow = toy.logit_change(toy.train("dpo", lr=1e-3, **kw))
+    fast = toy.logit_change(toy.train("dpo", lr=1e-2, **kw))
+    assert 0 < slow <= 2 * 1e-3 * 50 * 1.01 and fast > 5 * slow
+    with pytest.raises(ValueError, match="config"):
+        toy.logit_change(toy.train("dpo", lr=1e-3, **kw), "nosuch")

@@ -89,7 +89,7 @@ from .policy import (ACTIVATIONS, POLICIES, BatchedPolicy, MLPPolicy, TabularPol
 from .rng import counter_uniform, hash_keys
 from .space import (SCENARIO_LABELS, SCENARIOS, ToySpec, initial_distribution, resolve_init, sample_rejected,
                     scenario_distribution)
-from .train import ToyConfig, ToyRun, feature_overlap, output_change, run_grid, sft, train
+from .train import ToyConfig, ToyRun, feature_overlap, logit_change, output_change, run_grid, sft, train
 from .verdicts import (EXTREMES, PHASE_CHECKS, PROP1_SIGNS, SCENARIO_CLAIMS, THREE_D_LABELS, phase_checks,
                        prop1_test, removed_by, scenario_claims, three_d)
 
@@ -98,7 +98,7 @@ __all__ = [
     "sample_rejected", "counter_uniform", "hash_keys",
     "BatchedPolicy", "TabularPolicy", "MLPPolicy", "POLICIES", "ACTIVATIONS", "make_policy", "as_seeds",
     "log_softmax_responses", "BatchedAdam", "BatchedSGD", "OPTIMIZERS", "make_optimizer",
-    "sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap",
+    "sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change",
     "three_d", "THREE_D_LABELS", "removed_by", "PHASE_CHECKS", "phase_checks", "EXTREMES", "SCENARIO_CLAIMS",
     "scenario_claims", "PROP1_SIGNS", "prop1_test",
 ]

@@ -19,7 +19,7 @@ from .optim import OPTIMIZERS, make_optimizer
 from .policy import POLICIES, BatchedPolicy, TabularPolicy, as_seeds, make_policy
 from .space import ToySpec, resolve_init, sample_rejected
 
-__all__ = ["sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap"]
+__all__ = ["sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change"]
 
 
 def sft(policy: BatchedPolicy, target, *, steps: int = 500, lr: float = 1e-2, optimizer: str = "adam",
@@ -415,4 +415,20 @@ def feature_overlap(run: ToyRun, config: int | str = 0) -> dict[str, float]:
             h = torch.nn.functional.normalize(pol.features(params).to(torch.float64).cpu()[mem], dim=-1)
             out[name] = float((h @ h.transpose(1, 2))[:, off].mean())
     return out
+
+
+def logit_change(run: ToyRun, config: int | str = 0) -> float:
+    """How far preference training moved the policy's logits, in nats: per member and prompt the largest
+    change of a logit centred over the responses (the softmax ignores a shift), averaged over the
+    configuration's members and prompts. Comparable between the MLP and the tabular policy (matched
+    controls: at equal ``lr`` Adam moves a free logit by about ``lr`` per update)."""
+    if run.init_params is None:
+        raise ValueError("run: expected a run of run_grid (it keeps the post-SFT parameters)")
+    mem = torch.as_tensor(run.members_of(config))
+    pol = run.policy
+    start = {k: torch.as_tensor(v).to(device=pol.device, dtype=pol.dtype) for k, v in run.init_params.items()}
+    with torch.no_grad():
+        z0, z1 = (pol.forward(p).to(torch.float64).cpu()[mem] for p in (start, None))
+        d = (z1 - z1.mean(-1, keepdim=True)) - (z0 - z0.mean(-1, keepdim=True))
+    return float(d.abs().amax(-1).mean())
 
