@@ -734,3 +734,132 @@ def test_chapter_figures_draw_their_panels():
     fig = F.plot_start_over_steps(flows, ["dpo", "ipo"], start=1)
     assert fig.axes[0].get_xscale() == "log" and len(fig.legends) == 1
     plt.close("all")
+
+
+# ----------------------------------------------------------------------------- the box's invariant and its floor
+@pytest.mark.parametrize("loss,zero,zero_if", [
+    ("dpo", True, None), ("ipo", True, None),
+    ("flex_dpo", False, "beta_rejected = beta_chosen"), ("sft_dpo", False, "gamma = 0"),
+    ("slic", False, "eta = 0"), ("dpop", False, "lam = 0"), ("nbdpo", False, None), ("bdpo", False, None)])
+def test_radius_invariant_is_exact_for_losses_of_the_margin_alone(loss, zero, zero_if):
+    """pi+ dl/dpi+ + pi- dl/dpi- == 0 (sympy) exactly for the losses of the margin alone: the box flow keeps
+    pi+^2 + pi-^2; the losses that add a term do so only where that term vanishes."""
+    from prefdyn import symbolic as S
+
+    res = F.radius_invariant(loss)
+    assert res["identically_zero"] is zero
+    assert res["zero_if"] == zero_if
+    assert (res["expr"] == 0) is zero
+    if not zero:  # not zero at a point (with the loss's default parameters)
+        syms = [S.PI_C, S.PI_R, S.REF_C, S.REF_R] + list(S.PARAM_SYMBOLS[loss].values())
+        vals = [0.3, 0.2, 0.5, 0.7] + [0.5, 0.05, 0.2][:len(syms) - 4]
+        if loss == "nbdpo":
+            vals[-1] = 0.0
+        assert abs(float(res["expr"].subs(dict(zip(syms, vals))))) > 1e-6
+    # the same as prefdyn.symbolic's log-space balance, by its own definition (dl/dlog pi = pi dl/dpi)
+    e = S.loss_expr(loss)
+    assert (loss in ("dpo", "ipo")) is zero
+    if zero:
+        num_ = (S.PI_C * e.diff(S.PI_C) + S.PI_R * e.diff(S.PI_R)).subs(
+            {S.PI_C: 0.31, S.PI_R: 0.17, S.REF_C: 0.6, S.REF_R: 0.9, S.BETA: 0.3})
+        assert abs(float(num_)) < 1e-14
+
+
+def test_radius_invariant_rejects_unknown_loss():
+    with pytest.raises(ValueError, match="^loss: "):
+        F.radius_invariant("nope")
+
+
+@pytest.mark.parametrize("method,lr,tol", [("euler", 1e-3, 5e-3), ("rk4", 1e-3, 1e-6)])
+def test_box_flows_conserve_the_radius_until_the_floor(method, lr, tol):
+    """Numerically: DPO and IPO keep r^2 = pi+^2 + pi-^2 up to the integrator's error until the clamp acts
+    (Euler adds lr^2 |grad|^2 per step: the error shrinks with lr); flex-beta DPO with beta+ != beta- does
+    not keep it."""
+    st = torch.tensor([[0.2, 0.3], [0.4, 0.1], [0.3, 0.3]], dtype=D)
+    n = 400 if method == "rk4" else 2000
+    fl = F.gradient_flows(["dpo", "ipo", "flex_dpo"], st, spaces=["box"], n_steps=n, lr=lr, method=method,
+                          params={"ipo": {"beta": 0.5}, "flex_dpo": {"beta_chosen": 0.5, "beta_rejected": 0.1}})
+    for loss in ("dpo", "ipo"):
+        f = fl[(loss, "box")]
+        assert max(F.radius_drift(f)) < tol, loss
+        assert float((f.probs[-1] - f.probs[0]).abs().max()) > 1e-3, loss  # it did move
+    assert max(F.radius_drift(fl[("flex_dpo", "box")])) > 0.1
+    # Euler's drift is one-signed (r^2 grows by lr^2 |grad|^2 per step) and shrinks ~ lr
+    eu = F.gradient_flow("dpo", st, n_steps=100, lr=1e-2, eps=1e-300)
+    eu10 = F.gradient_flow("dpo", st, n_steps=1000, lr=1e-3, eps=1e-300)
+    r2 = (eu.probs ** 2).sum(-1)
+    assert bool((r2[1:] >= r2[:-1]).all())
+    d, d10 = F.radius_drift(eu), F.radius_drift(eu10)
+    assert all(b < 0.2 * a for a, b in zip(d, d10))
+
+
+def test_floor_step_and_stop_at_floor():
+    st = F.corner_starts()
+    fl = F.gradient_flow("dpo", st, n_steps=400, lr=0.01, eps=1e-6)
+    stop = F.gradient_flow("dpo", st, n_steps=400, lr=0.01, eps=1e-6, stop_at_floor=True)
+    assert fl.floor == 1e-6 and not fl.stop_at_floor and stop.stop_at_floor
+    on_floor = fl.probs[..., 1] <= 1e-6
+    for j in range(4):
+        k = int(fl.floor_step[j])
+        assert k > 0 and bool(on_floor[k, j]) and not bool(on_floor[:k, j].any())
+        assert int(stop.floor_step[j]) == k
+        # identical before the floor, frozen from then on at the last state above it
+        assert torch.equal(fl.probs[:k, j], stop.probs[:k, j])
+        assert bool((stop.probs[k:, j] == stop.probs[k - 1, j]).all())
+    assert fl.ceiling_step.tolist() == [-1] * 4
+    rs = F.region_stats(stop)
+    assert [r["end"] for r in rs] == ["floor"] * 4
+    assert [r["floor_step"] for r in rs] == fl.floor_step.tolist()
+    assert F.classify_flow(stop).category == "floor_first"
+    simplex = F.gradient_flow("dpo", st, space="simplex", n_steps=5)
+    assert simplex.floor_step is None and F.region_stats(simplex)[0]["floor_step"] is None
+    with pytest.raises(ValueError, match="^stop_at_floor: "):
+        F.gradient_flows(["dpo"], st, stop_at_floor=1)
+    with pytest.raises(ValueError, match="^flow: expected a box Flow"):
+        F.radius_drift(simplex)
+
+
+def test_exact_box_end_dpo_and_ipo():
+    """DPO's exact flow ends on the start's circle at pi- = 0 after finitely many steps, close to where Euler
+    first reaches the floor; the clamped flows end further out the larger the floor. IPO's ends at its
+    target margin log(pi+/pi-) = 1/(2 beta) on the circle (a minimum: never reached)."""
+    st = F.corner_starts()
+    ex = F.exact_box_end("dpo", st, lr=0.01, beta=0.1)
+    r0 = torch.linalg.norm(st, dim=1)
+    assert torch.allclose(torch.tensor(ex["final_chosen"], dtype=D), r0, rtol=1e-12)
+    assert ex["final_rejected"] == [0.0] * 4 and ex["end"] == ["pi- = 0"] * 4
+    by = {f: F.gradient_flows(["dpo"], st, spaces=["box"], n_steps=800, lr=0.01, eps=f) for f in (1e-6, 1e-12, 1e-30)}
+    dep = F.floor_dependence(by, "dpo")
+    assert list(dep) == ["1e-06", "1e-12", "1e-30"]
+    for j in range(4):
+        ends = [dep[k]["final_chosen"][j] for k in dep]
+        assert ends[0] > ends[1] > ends[2] > ex["final_chosen"][j]
+        assert abs(dep["1e-06"]["floor_step"][j] - ex["steps"][j]) <= 0.05 * ex["steps"][j] + 3
+    ipo = F.exact_box_end("ipo", st, lr=0.01, beta=0.5)
+    for j in range(4):
+        assert math.log(ipo["final_chosen"][j] / ipo["final_rejected"][j]) == pytest.approx(1.0, abs=1e-9)
+        assert math.hypot(ipo["final_chosen"][j], ipo["final_rejected"][j]) == pytest.approx(float(r0[j]))
+    assert ipo["steps"] == [None] * 4 and ipo["end"] == ["stationary"] * 4
+    with pytest.raises(ValueError, match="^loss: expected a loss of the margin alone"):
+        F.exact_box_end("flex_dpo", st, beta_chosen=0.1, beta_rejected=0.01)
+
+
+def test_floor_verdicts_name_the_floor():
+    st = F.corner_starts()
+    kw = dict(spaces=["box"], n_steps=2000, lr=0.01, params={"sft_dpo": {"beta": 0.1, "gamma": 0.1}})
+    by = {f: F.gradient_flows(["dpo", "sft_dpo"], st, eps=f, **kw) for f in (1e-6, 1e-12)}
+    stopped = F.gradient_flows(["dpo", "sft_dpo"], st, eps=1e-6, stop_at_floor=True, **kw)
+    v = F.floor_verdicts(by, stopped)
+    assert v["dpo"]["floors"] == {"1e-06": "escape", "1e-12": "stall"}
+    assert v["dpo"]["before_floor"] == "floor_first" and v["dpo"]["condition"] == "only floor ≥ 1e-06"
+    assert v["sft_dpo"]["floors"] == {"1e-06": "escape", "1e-12": "escape"}
+    assert v["sft_dpo"]["condition"] == "floor ≥ 1e-12, not stopped"
+    art = F.floor_verdicts({1e-6: by[1e-6]}, {("dpo", "box"): by[1e-6][("dpo", "box")]})
+    assert art["dpo"]["condition"] == "every floor"   # the clamped flow as its own "stopped" flow
+
+
+def test_penalty_active_fraction():
+    assert F.penalty_active_fraction(F.field_grid("dpop", 20)) == 1.0
+    assert F.penalty_active_fraction(F.field_grid("dpop", 20, ref_chosen=0.25)) == 0.25
+    with pytest.raises(ValueError, match="^fld: "):
+        F.penalty_active_fraction(F.field_grid("dpo", 20))

@@ -102,6 +102,13 @@ __all__ = [
     "gradient_flow",
     "gradient_flows",
     "region_stats",
+    "radius_invariant",
+    "radius_drift",
+    "exact_box_end",
+    "floor_dependence",
+    "floor_verdicts",
+    "floor_table",
+    "penalty_active_fraction",
     "corner_starts",
     "plot_landscape",
     "plot_field",
@@ -444,6 +451,19 @@ class Flow:
     loss_path: torch.Tensor
     logits: torch.Tensor | None = None
     eps: float = 1e-6
+    #: box only, per start ``(S,)``: the first recorded state (step) at which a coordinate sits on the
+    #: floor ``eps`` (``floor_step``) or on the ceiling 1 (``ceiling_step``) because the clamp acted; ``-1``:
+    #: never within ``n_steps``. ``None`` on the simplex (no clamp).
+    floor_step: torch.Tensor | None = None
+    ceiling_step: torch.Tensor | None = None
+    #: the flow was run with ``stop_at_floor=True``: a start whose step would reach the floor keeps its
+    #: last state above it from then on (``floor_step`` is that step)
+    stop_at_floor: bool = False
+
+    @property
+    def floor(self) -> float:
+        """The floor of the box, ``eps``: the clamp's lower bound (see :func:`gradient_flows`)."""
+        return self.eps
 
 
 def corner_starts(low: float = 0.05, high: float = 0.45) -> torch.Tensor:
@@ -487,7 +507,8 @@ def _check_refs(ref_chosen: Any, ref_rejected: Any, S: int) -> torch.Tensor:
 
 def gradient_flows(losses: Sequence[str], starts: Any, *, spaces: Sequence[str] = SPACES, n_steps: int = 1000,
                    lr: Any = None, method: str = "euler", ref_chosen: Any = 1.0, ref_rejected: Any = 1.0,
-                   eps: float = 1e-6, params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[tuple[str, str], Flow]:
+                   eps: float = 1e-6, params: Mapping[str, Mapping[str, Any]] | None = None,
+                   stop_at_floor: bool = False) -> dict[tuple[str, str], Flow]:
     """Gradient flows of several losses, in one or both spaces, from every row ``(pi+, pi-)`` of ``starts``.
 
     ``losses``: names of registered losses (:func:`prefdyn.losses.names`, the book's and any added with
@@ -503,7 +524,16 @@ def gradient_flows(losses: Sequence[str], starts: Any, *, spaces: Sequence[str] 
     ``ref_chosen`` / ``ref_rejected``: reference probabilities, one number or one per start (e.g.
     ``starts[:, 0]`` for the usual ``pi_ref = pi_SFT = start``). ``params``: ``{loss: {param: value}}``,
     missing parameters take the defaults of :data:`prefdyn.losses.LOSS_DEFAULTS`.
+
+    The floor ``eps`` of the box is a modelling choice, not a property of the loss: for a loss of the
+    margin alone the exact box flow keeps ``pi+^2 + pi-^2`` (:func:`radius_invariant`) and ends on that
+    circle, so where a clamped flow ends beyond it is set by the floor (:func:`exact_box_end`,
+    :func:`floor_dependence`). Every box flow records per start the step at which the floor and the
+    ceiling first acted (``Flow.floor_step``, ``Flow.ceiling_step``); ``stop_at_floor=True`` stops a start
+    there instead (it keeps its last state above the floor).
     """
+    if not isinstance(stop_at_floor, bool):
+        raise ValueError(f"stop_at_floor: expected True or False, got {_short(stop_at_floor)}")
     if isinstance(losses, (str, bytes)) or not isinstance(losses, Sequence) or len(losses) == 0:
         raise ValueError(f"losses: expected a non-empty list of loss names, got {_short(losses)}")
     for name in losses:
@@ -562,10 +592,18 @@ def gradient_flows(losses: Sequence[str], starts: Any, *, spaces: Sequence[str] 
         grads = list(grads)
         return values.detach(), (grads.pop(0) if use_box else None), (grads.pop(0) if use_simplex else None)
 
+    clamped = {}  # the last advance's (below floor, above ceiling) flags per (loss, start), box only
+
     def advance(box, z, gb, gz, h):
-        """state - h * lr * grad, projected (box clamped to [eps, 1]^2)."""
-        nb = (box - h * lrs["box"] * gb).clamp(eps, 1.0) if use_box else None
-        nz = (z - h * lrs["simplex"] * gz) if use_simplex else None
+        """state - h * lr * grad, projected (box clamped to [eps, 1]^2; the clamp flags kept)."""
+        nb = nz = None
+        if use_box:
+            raw = box - h * lrs["box"] * gb
+            clamped["low"] = (raw < eps).any(-1) | clamped.get("low", False)
+            clamped["high"] = (raw > 1.0).any(-1) | clamped.get("high", False)
+            nb = raw.clamp(eps, 1.0)
+        if use_simplex:
+            nz = z - h * lrs["simplex"] * gz
         return nb, nz
 
     # Tiny tensors, thousands of steps: intra-op threads only add synchronisation (10x slower on a loaded
@@ -573,20 +611,27 @@ def gradient_flows(losses: Sequence[str], starts: Any, *, spaces: Sequence[str] 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _integrate(losses, p, spaces, s, ref, grad, advance, n_steps, method, lrs, eps, use_box, use_simplex)
+        return _integrate(losses, p, spaces, s, ref, grad, advance, n_steps, method, lrs, eps, use_box, use_simplex,
+                          clamped, stop_at_floor)
     finally:
         torch.set_num_threads(threads)
 
 
-def _integrate(losses, p, spaces, s, ref, grad, advance, n_steps, method, lrs, eps, use_box, use_simplex):
-    """The time loop of :func:`gradient_flows` (arguments already validated)."""
+def _integrate(losses, p, spaces, s, ref, grad, advance, n_steps, method, lrs, eps, use_box, use_simplex,
+               clamped, stop_at_floor):
+    """The time loop of :func:`gradient_flows` (arguments already validated). A step (any RK4 stage
+    included) that the clamp had to project marks its start's ``floor_step`` / ``ceiling_step``."""
     S, L = s.shape[0], len(losses)
     box = s.clamp(eps, 1.0).expand(L, S, 2).clone() if use_box else None
     z = torch.log(torch.cat([s, 1 - s.sum(1, keepdim=True)], 1)).expand(L, S, 3).clone() if use_simplex else None
+    never = torch.full((L, S), -1, dtype=torch.int64)
+    floor_step, ceiling_step = never.clone(), never.clone()
     boxes, zs, values = [box], [z], []
-    for _ in range(n_steps):
+    for k in range(1, n_steps + 1):
         v, gb, gz = grad(box, z)
         values.append(v)
+        old = box
+        clamped.clear()
         if method == "euler":
             box, z = advance(box, z, gb, gz, 1.0)
         else:  # classical RK4; every stage projected back into the box
@@ -596,6 +641,11 @@ def _integrate(losses, p, spaces, s, ref, grad, advance, n_steps, method, lrs, e
             box, z = advance(box, z,
                              (gb + 2 * gb2 + 2 * gb3 + gb4) / 6 if use_box else None,
                              (gz + 2 * gz2 + 2 * gz3 + gz4) / 6 if use_simplex else None, 1.0)
+        if use_box:
+            floor_step = torch.where((floor_step < 0) & clamped["low"], k, floor_step)
+            ceiling_step = torch.where((ceiling_step < 0) & clamped["high"], k, ceiling_step)
+            if stop_at_floor:  # a start that reached the floor keeps its last state above it
+                box = torch.where((floor_step >= 0).unsqueeze(-1), old, box)
         boxes.append(box)
         zs.append(z)
     values.append(grad(box, z)[0])
@@ -615,15 +665,18 @@ def _integrate(losses, p, spaces, s, ref, grad, advance, n_steps, method, lrs, e
                 probs = torch.softmax(logits, dim=2)
             if not bool(torch.isfinite(probs).all()) or not bool(torch.isfinite(v).all()):
                 raise FloatingPointError(f"{name}: the {sp} flow left the finite numbers; reduce lr (was {lrs[sp]:g})")
+            box_only = sp == "box"
             out[(name, sp)] = Flow(loss=name, space=sp, method=method, lr=lrs[sp], n_steps=n_steps,
                                    params=dict(p[i]), starts=s, ref=ref, probs=probs, loss_path=v,
-                                   logits=logits, eps=eps)
+                                   logits=logits, eps=eps, floor_step=floor_step[i].clone() if box_only else None,
+                                   ceiling_step=ceiling_step[i].clone() if box_only else None,
+                                   stop_at_floor=stop_at_floor and box_only)
     return out
 
 
 def gradient_flow(loss: str, starts: Any, *, space: str = "box", n_steps: int = 1000, lr: float | None = None,
                   method: str = "euler", ref_chosen: Any = 1.0, ref_rejected: Any = 1.0, eps: float = 1e-6,
-                  **params: Any) -> Flow:
+                  stop_at_floor: bool = False, **params: Any) -> Flow:
     """The flow of one loss in one ``space`` (see :func:`gradient_flows`); ``params`` are the loss's."""
     check_choice("space", space, SPACES)
     if loss == "reward_model":  # checked here too so the message names `loss`, not `losses`
@@ -631,7 +684,8 @@ def gradient_flow(loss: str, starts: Any, *, space: str = "box", n_steps: int = 
     check_choice("loss", loss, _flow_losses())
     flows = gradient_flows([loss], starts, spaces=[space], n_steps=n_steps,
                            lr=None if lr is None else {space: lr}, method=method, ref_chosen=ref_chosen,
-                           ref_rejected=ref_rejected, eps=eps, params={loss: params})
+                           ref_rejected=ref_rejected, eps=eps, params={loss: params},
+                           stop_at_floor=stop_at_floor)
     return flows[(loss, space)]
 
 
@@ -642,11 +696,13 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
 
     ``end`` is ``"preferred"`` (final ``pi+ >= chosen_target``), ``"unlearning only"`` (final
     ``pi- <= rejected_target`` but ``pi+`` below target: 000's degradation into unlearning),
-    ``"stationary"`` (neither, and the last step moved no probability by more than ``stationary_tol``: the
+    ``"floor"`` (a flow run with ``stop_at_floor=True`` that reached the floor before ``pi+`` reached its
+    target: it stopped there), ``"stationary"`` (neither, and the last step moved no probability by more than ``stationary_tol``: the
     flow has reached a minimum of its loss short of the target, as IPO does at its target margin) or
     ``"still moving"`` (neither, and not stationary: the steps ran out). ``stationary`` says separately
     whether the flow has stopped moving (whatever its ``end``). ``final_rest`` (simplex only) is the mass
-    on everything else (000's dispersion); in the box it is ``None``.
+    on everything else (000's dispersion); in the box it is ``None``. ``floor_step`` / ``ceiling_step``
+    (box only, else ``None``): the step at which the clamp first acted (``-1``: never; ``Flow.floor_step``).
     """
     _expect("flow", flow, Flow, "a Flow from gradient_flow")
     ct = check_number("chosen_target", chosen_target, 0.0, 1.0, low_open=True)
@@ -665,7 +721,8 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
     out = []
     for i in range(flow.starts.shape[0]):  # building the per-start dicts only; the work above is vectorised
         fc, fr = float(final[i, 0]), float(final[i, 1])
-        end = ("preferred" if fc >= ct else "unlearning only" if fr <= rt
+        on_floor = flow.stop_at_floor and flow.floor_step is not None and int(flow.floor_step[i]) >= 0
+        end = ("preferred" if fc >= ct else "floor" if on_floor else "unlearning only" if fr <= rt
                else "stationary" if float(last_move[i]) <= tol else "still moving")
         out.append({
             "start_chosen": float(flow.starts[i, 0]),
@@ -678,8 +735,229 @@ def region_stats(flow: Flow, chosen_target: float = 0.9, rejected_target: float 
             "min_chosen": float(min_c[i]),
             "end": end,
             "stationary": bool(float(last_move[i]) <= tol),
+            "floor_step": int(flow.floor_step[i]) if flow.floor_step is not None else None,
+            "ceiling_step": int(flow.ceiling_step[i]) if flow.ceiling_step is not None else None,
         })
     return out
+
+
+# ----------------------------------------------------------------------------- the invariant of the box and its floor
+#: Parameter values at which a loss's log-space weights balance (the invariant holds): ``{loss: {param:
+#: (symbol name, value)}}``, read by :func:`radius_invariant`. nbDPO and bDPO have none.
+_BALANCING = {"flex_dpo": ("beta_rejected", "beta_chosen"), "sft_dpo": ("gamma", 0), "slic": ("eta", 0),
+              "dpop": ("lam", 0)}
+
+
+def radius_invariant(loss: str) -> dict[str, Any]:
+    """Does the box flow of ``loss`` keep ``pi+^2 + pi-^2``? Sympy, exact (:mod:`prefdyn.symbolic`).
+
+    The flow ``dpi/dt = -dl/dpi`` changes the squared radius at the rate
+    ``d(pi+^2 + pi-^2)/dt = -2 (pi+ dl/dpi+ + pi- dl/dpi-) = -2 (dl/dlog pi+ + dl/dlog pi-)``. For a loss of
+    the margin ``h = log pi+ - log pi- + const`` alone, ``dl/dlog pi+ = l'(h) = -dl/dlog pi-``: the sum is
+    identically 0 and the radius is invariant (002's Limitation 1, the gradient of ``x1`` tied to that of
+    ``x2``, in its exact form). Differentiated in the stop-gradient form (detached weights constant, as in
+    training), at every value of the parameters and references.
+
+    Returns ``{"loss", "identically_zero": bool, "expr": the sum as a sympy expression (0 if identically
+    zero), "zero_if": "param = value" or None}``; ``zero_if`` names the parameter value at which the sum
+    vanishes for the losses that add a term to the margin (flex-β DPO at ``beta_rejected = beta_chosen``,
+    SFT-DPO at ``gamma = 0``, SLiC at ``eta = 0``, DPOP at ``lam = 0``), checked by sympy too.
+    """
+    import sympy as sp
+
+    from . import symbolic as S
+
+    check_choice("loss", loss, tuple(S.PARAM_SYMBOLS))
+    expr = S.loss_expr(loss, stop_gradient=True)
+    total = S.PI_C * sp.diff(expr, S.PI_C) + S.PI_R * sp.diff(expr, S.PI_R)
+    total = S.heaviside0(total.subs(S.stop_gradient_values(loss)))
+
+    def zero(e) -> bool:
+        return sp.simplify(sp.powsimp(sp.expand_log(e, force=True))) == 0
+
+    is_zero = zero(total)
+    zero_if = None
+    if not is_zero and loss in _BALANCING:
+        name, value = _BALANCING[loss]
+        sym = S.PARAM_SYMBOLS[loss][name]
+        val = S.PARAM_SYMBOLS[loss][value] if isinstance(value, str) else sp.Integer(value)
+        if zero(total.subs(sym, val)):
+            zero_if = f"{name} = {value}"
+    return {"loss": loss, "identically_zero": is_zero, "expr": sp.Integer(0) if is_zero else total,
+            "zero_if": zero_if}
+
+
+def _clamp_step(flow: Flow) -> torch.Tensor:
+    """Per start: the first step at which the floor or the ceiling acted, ``n_steps + 1`` if never."""
+    big = flow.n_steps + 1
+    fs = torch.where(flow.floor_step >= 0, flow.floor_step, big)
+    cs = torch.where(flow.ceiling_step >= 0, flow.ceiling_step, big)
+    return torch.minimum(fs, cs)
+
+
+def radius_drift(flow: Flow) -> list[float]:
+    """Per start of a box flow: the largest ``|r^2 - r_0^2|``, ``r^2 = pi+^2 + pi-^2``, over the states
+    before the clamp first acted (floor or ceiling; every state if it never did). For a loss of the margin
+    alone (:func:`radius_invariant`) the exact flow keeps ``r^2``: what is left is the integrator's error
+    (explicit Euler adds ``lr^2 |grad l|^2`` per step, which grows as ``pi- -> 0``)."""
+    if not isinstance(flow, Flow) or flow.space != "box":
+        got = f"a {flow.space} Flow" if isinstance(flow, Flow) else type(flow).__name__
+        raise ValueError(f"flow: expected a box Flow (gradient_flow(..., space='box')), got {got}")
+    r2 = (flow.probs ** 2).sum(-1)                                 # (T+1, S)
+    dev = (r2 - r2[0]).abs()
+    t = torch.arange(r2.shape[0]).unsqueeze(1)
+    before = t < _clamp_step(flow).unsqueeze(0)                   # states before the first clamp
+    return [float(v) for v in torch.where(before, dev, torch.zeros_like(dev)).amax(0)]
+
+
+def exact_box_end(loss: str, starts: Any, *, lr: float = DEFAULT_LR["box"], ref_chosen: Any = 1.0,
+                  ref_rejected: Any = 1.0, n_grid: int = 4000, **params: Any) -> dict[str, list]:
+    """Where the exact (unclamped, continuous-time) box flow of a loss of the margin alone ends, per start.
+
+    On the circle ``pi+ = r cos(theta)``, ``pi- = r sin(theta)`` of the start's radius (the invariant of
+    :func:`radius_invariant`) the flow is one ODE, ``dtheta/dt = (pi+ v- - pi- v+) / r^2`` with ``v = -grad
+    l``. It moves ``theta`` monotonically towards the first zero of ``dtheta/dt`` (a minimum of the loss on
+    the circle, reached only as ``t -> oo``: ``steps`` is ``None``) or, if there is none, to ``pi- = 0``
+    (``theta = 0``, end ``"pi- = 0"``) or ``pi+ = 0``, reached at the finite time ``t* = int dtheta /
+    |dtheta/dt|`` when that integral converges (DPO with ``beta < 1``: the rejected gradient diverges like
+    ``(pi-)^(beta-1)``, 000 Cor. 2). ``steps`` is ``t* / lr``, the number of gradient-descent updates of
+    size ``lr`` the exact flow takes, and after ``t*`` the flow is not defined (``log 0``): a clamped
+    flow's state beyond it is set by its floor.
+
+    ``ref_chosen`` / ``ref_rejected``: one number or one per start, as in :func:`gradient_flows`.
+    Returns ``{"radius", "final_chosen", "final_rejected", "steps", "end", "above_ceiling"}`` (lists, one
+    entry per start); ``above_ceiling``: the end has ``pi+ > 1`` (the box's ceiling would act first).
+    Raises ``ValueError`` for a loss that is not of the margin alone (the radius would not be invariant).
+    """
+    import numpy as np
+    from scipy.integrate import quad
+    from scipy.optimize import brentq
+
+    fn, p = _resolve(loss, "prob", params)
+    if loss == "reward_model":
+        raise _no_probability_coords("loss")
+    lr = check_positive("lr", lr)
+    n_grid = check_int("n_grid", n_grid, 10, 1_000_000)
+    s = _check_starts(starts, False)
+    refs = torch.log(_check_refs(ref_chosen, ref_rejected, s.shape[0])).tolist()
+
+    def omega(r: float, theta: Any) -> np.ndarray:
+        th = torch.as_tensor(np.atleast_1d(theta), dtype=DTYPE)
+        pc, pr = r * torch.cos(th), r * torch.sin(th)
+        _, gc, gr = _loss_grad_raw(fn, "prob", pc, pr, torch.full_like(pc, lc), torch.full_like(pc, lr_), p)
+        if bool(((pc * gc + pr * gr).abs() > 1e-9 * (pc * gc).abs().clamp_min(1e-300)).any()):
+            raise ValueError(f"loss: expected a loss of the margin alone (pi+ dl/dpi+ + pi- dl/dpi- = 0), got "
+                             f"{loss!r} with parameters {p}")
+        return ((pc * -gr - pr * -gc) / r ** 2).numpy()
+
+    out: dict[str, list] = {k: [] for k in ("radius", "final_chosen", "final_rejected", "steps", "end",
+                                            "above_ceiling")}
+    tiny = 1e-12
+    for (pc0, pr0), (lc, lr_) in zip(s.tolist(), refs):
+        r, th0 = math.hypot(pc0, pr0), math.atan2(pr0, pc0)
+        w0 = float(omega(r, th0)[0])
+        edge = tiny if w0 < 0 else math.pi / 2 - tiny
+        grid = np.linspace(th0, edge, n_grid)
+        w = omega(r, grid)
+        flip = np.nonzero(np.sign(w) != np.sign(w0))[0]
+        if w0 == 0:
+            th_end, t_end, end = th0, None, "stationary"
+        elif flip.size:
+            j = int(flip[0])
+            th_end = brentq(lambda t: float(omega(r, t)[0]), grid[j - 1], grid[j], xtol=1e-15)
+            t_end, end = None, "stationary"
+        else:
+            th_end = 0.0 if w0 < 0 else math.pi / 2
+            t_end, _ = quad(lambda t: 1.0 / abs(float(omega(r, t)[0])), min(th0, edge), max(th0, edge),
+                            limit=200)
+            end = "pi- = 0" if w0 < 0 else "pi+ = 0"
+        out["radius"].append(r)
+        out["final_chosen"].append(r * math.cos(th_end))
+        out["final_rejected"].append(r * math.sin(th_end))
+        out["steps"].append(None if t_end is None else t_end / lr)
+        out["end"].append(end)
+        out["above_ceiling"].append(r * math.cos(th_end) > 1.0)
+    return out
+
+
+def floor_dependence(by_floor: Mapping[float, Mapping[tuple[str, str], Flow]], loss: str,
+                     chosen_target: float = 0.9) -> dict[str, dict[str, list]]:
+    """Where the box flow of ``loss`` ends as a function of the floor: ``by_floor`` maps each floor to the
+    flows of :func:`gradient_flows` run with ``eps = floor`` (same starts, steps and step size). Returns
+    ``{f"{floor:g}": {"final_chosen", "final_rejected", "floor_step", "steps_to_chosen"}}``, one value per
+    start (``-1``: never)."""
+    if not isinstance(by_floor, Mapping) or not by_floor:
+        raise ValueError(f"by_floor: expected a dict {{floor: flows}}, got {_short(by_floor)}")
+    out = {}
+    for fl_value, flows in by_floor.items():
+        if (loss, "box") not in flows:
+            raise ValueError(f"by_floor: expected a box flow of {loss!r} at floor {fl_value!r}")
+        fl = flows[(loss, "box")]
+        rs = region_stats(fl, chosen_target)
+        out[f"{fl.eps:g}"] = {k: [r[k] for r in rs] for k in ("final_chosen", "final_rejected", "floor_step",
+                                                               "steps_to_chosen")}
+    return out
+
+
+def floor_verdicts(by_floor: Mapping[float, Mapping[tuple[str, str], Flow]],
+                   stopped: Mapping[tuple[str, str], Flow], **kwargs: Any) -> dict[str, dict[str, Any]]:
+    """Every box verdict of :func:`classify_flow` rechecked at every floor, and on the flows ``stopped``
+    at the floor (``stop_at_floor=True``: what the field gives before the clamp acts).
+
+    Returns ``{loss: {"floors": {f"{floor:g}": category}, "before_floor": category, "condition": text}}``.
+    ``condition`` says for which floors the verdict at the largest floor holds: ``"every floor"`` (the
+    same at every floor and on the stopped flow, so the floor plays no part), ``"only floor ≥ X"`` (the
+    same down to the floor ``X``, the smallest floor tested that still gives it, and a different one
+    below it) or ``"floor ≥ X, not stopped"`` (the same at every floor tested, down to ``X``, but not on
+    the flow stopped at the floor: the clamp is needed, whatever its value in the range tested).
+    """
+    if not isinstance(by_floor, Mapping) or not by_floor:
+        raise ValueError(f"by_floor: expected a dict {{floor: flows}}, got {_short(by_floor)}")
+    floors = sorted(by_floor, reverse=True)
+    losses = [n for (n, sp) in stopped if sp == "box"]
+    out = {}
+    for n in losses:
+        cats = {f: classify_flow(by_floor[f][(n, "box")], **kwargs).category for f in floors}
+        before = classify_flow(stopped[(n, "box")], **kwargs).category
+        main = cats[floors[0]]
+        lowest = floors[0]
+        for f in floors:
+            if cats[f] != main:
+                break
+            lowest = f
+        if lowest != floors[-1]:
+            cond = f"only floor ≥ {lowest:g}"
+        else:
+            cond = "every floor" if before == main else f"floor ≥ {lowest:g}, not stopped"
+        out[n] = {"floors": {f"{f:g}": c for f, c in cats.items()}, "before_floor": before, "condition": cond}
+    return out
+
+
+def floor_table(dep: Mapping[str, Mapping[str, list]], exact: Mapping[str, list], starts: Any, *,
+                title: str = "", note: str = ""):
+    """A :class:`prefdyn.tables.Table` of :func:`floor_dependence` next to :func:`exact_box_end`, one column
+    per start: the exact flow's end ``pi+`` (the start's radius when it ends at ``pi- = 0``) and its steps,
+    then per floor the final ``pi+`` and the step at which the floor first acted (``-``: never)."""
+    from .results import fmt
+    from .tables import Table
+
+    s = _tensor(starts, "starts").reshape(-1, 2)
+    cols = [f"({fmt(float(a))}, {fmt(float(b))})" for a, b in s]
+    rows = [("exact flow: final π+", list(exact["final_chosen"])),
+            ("exact flow: steps to its end", [None if v is None else v for v in exact["steps"]])]
+    for f, d in dep.items():
+        rows.append((f"floor {f}: final π+", list(d["final_chosen"])))
+        rows.append((f"floor {f}: step on the floor", [None if k < 0 else k for k in d["floor_step"]]))
+    return Table(cols, rows, title=title, note=note, corner="start (π+, π−)")
+
+
+def penalty_active_fraction(fld: Field) -> float:
+    """DPOP's penalty ``max(0, log pi_ref+ - log pi+)``: the fraction of the field's grid where it is
+    active (``pi+ < pi_ref+``). With 002's ``pi_ref = 1`` that is the whole open square."""
+    if not isinstance(fld, Field) or fld.loss != "dpop" or fld.coords == "reward":
+        raise ValueError("fld: expected a DPOP Field in probability or ratio coordinates")
+    pc = fld.chosen * (fld.ref[0] if fld.coords == "ratio" else 1.0)
+    return float((pc < fld.ref[0]).to(DTYPE).mean())
 
 
 # ----------------------------------------------------------------------------- the chapter's loss parameters
@@ -861,12 +1139,13 @@ def field_summary(fld: Field, thresholds: Sequence[float] = (1.0, 10.0, 100.0),
 
 # ----------------------------------------------------------------------------- what the flows show
 #: Verdicts of :func:`classify_flow`, in the order the chapter lists them.
-CATEGORIES: tuple[str, ...] = ("escape", "partial", "stall", "stationary_short", "step_artefact")
+CATEGORIES: tuple[str, ...] = ("escape", "partial", "stall", "stationary_short", "floor_first", "step_artefact")
 CATEGORY_LABELS: dict[str, str] = {
     "escape": "escapes",
     "partial": "escapes from some",
     "stall": "stalls",
     "stationary_short": "stops short (minimum)",
+    "floor_first": "floor first",
     "step_artefact": "step artefact",
 }
 
@@ -876,13 +1155,14 @@ def region_statistics(flows: Mapping[tuple[str, str], Flow], chosen_target: floa
     """:func:`region_stats` of every flow, regrouped for tables and JSON: ``{space: {loss: {key: [one value
     per start]}}}`` with keys ``steps_to_chosen``, ``steps_to_rejected`` (``-1``: not within the steps),
     ``final_chosen``, ``final_rejected``, ``final_rest`` (simplex only), ``min_chosen``, ``final_loss``,
-    ``end`` and ``stationary``."""
+    ``end``, ``stationary`` and (box only) ``floor_step``, ``ceiling_step``."""
     out: dict[str, dict[str, dict[str, list]]] = {}
     for (loss, space), fl in flows.items():
         rs = region_stats(fl, chosen_target, rejected_target)
         keys = ["steps_to_chosen", "steps_to_rejected", "final_chosen", "final_rejected"]
         keys += ["final_rest"] if space == "simplex" else []
         keys += ["min_chosen", "end", "stationary"]
+        keys += ["floor_step", "ceiling_step"] if space == "box" else []
         d = {k: [r[k] for r in rs] for k in keys}
         d["final_loss"] = [float(v) for v in fl.loss_path[-1]]
         out.setdefault(space, {})[loss] = d
@@ -943,6 +1223,8 @@ class FlowVerdict:
     - ``"escape"``: every low start reaches the target;
     - ``"stationary_short"``: some do not, and each of those has stopped moving (a minimum of the loss
       short of the target, like IPO at its target margin);
+    - ``"floor_first"`` (flows run with ``stop_at_floor=True``): some do not, and one of those stopped
+      because it reached the floor first: what the field gives before the clamp acts;
     - ``"partial"``: some but not all reach it (and not every miss is stationary);
     - ``"stall"``: none reaches it (and not every miss is stationary).
     """
@@ -1004,6 +1286,8 @@ def classify_flow(flow: Flow, *, chosen_target: float = 0.9, rejected_target: fl
         category = "step_artefact"
     elif not misses:
         category = "escape"
+    elif any(rs[j]["end"] == "floor" for j in misses):
+        category = "floor_first"
     elif all(rs[j]["stationary"] for j in misses):
         category = "stationary_short"
     elif reached > 0:
@@ -1250,9 +1534,11 @@ def plot_landscapes(fields: Mapping[str, Field], ncols: int = 3):
     return fig
 
 
-def plot_fields(fields: Mapping[str, Field], ncols: int = 3, density: float = 0.5):
+def plot_fields(fields: Mapping[str, Field], ncols: int = 3, density: float = 0.5,
+                titles: Sequence[str] | None = None):
     """Small multiples of the descent fields of ``fields`` (:func:`plot_field`), one logarithmic colour
-    scale for ``|grad l|`` clipped at its 1st and 99th percentiles over all panels. Returns the figure."""
+    scale for ``|grad l|`` clipped at its 1st and 99th percentiles over all panels; ``titles``: one per
+    panel (default: the loss's label). Returns the figure."""
     import matplotlib.colors as mcolors
     from matplotlib.cm import ScalarMappable
 
@@ -1261,10 +1547,11 @@ def plot_fields(fields: Mapping[str, Field], ncols: int = 3, density: float = 0.
     norm = mcolors.LogNorm(vmin=float(torch.quantile(pos, 0.01)), vmax=float(torch.quantile(pos, 0.99)))
     with _readable():
         fig, axes = _grid_of(len(fields), ncols, 2.3)
-        for ax, fld in zip(axes, fields.values()):
+        names = [_panel_title(f) for f in fields.values()] if titles is None else list(titles)
+        for ax, fld, title in zip(axes, fields.values(), names):
             plot_field(ax, fld, norm=norm, density=density)
             _short_labels(ax, fld)
-            ax.set_title(_panel_title(fld))
+            ax.set_title(title)
         fig.colorbar(ScalarMappable(norm=norm, cmap=field_cmap()), ax=axes, extend="both",
                      label=r"$|\nabla\ell|$ (log scale, shared)", shrink=0.7)
         fig.suptitle(r"Descent fields $-\nabla\ell$")

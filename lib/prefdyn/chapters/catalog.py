@@ -115,6 +115,8 @@ register(Chapter(
         Param("n_steps", "int", 2000, "gradient-flow steps per start", low=1, high=100000),
         Param("method", "str", "euler", "flow integrator with fixed steps: explicit Euler (= gradient descent) or classical RK4", choices=["euler", "rk4"]),
         Param("lr_box", "float", 0.01, "step size of the unconstrained flow in (π+, π−), clamped to the box", low=0.0, low_open=True, high=10.0),
+        Param("floors", "list[float]", [1e-6, 1e-12, 1e-30], "floors of the box flows' clamp [floor, 1]² compared; the first is the floor of the main box flows", low=0.0, low_open=True, high=0.01),
+        Param("dpop_ref_chosen", "float", 0.25, "DPOP's π_ref(a+) below 1 (with π_ref = 1 its penalty is active on the whole square)", low=0.0, low_open=True, high=1.0),
         Param("lr_simplex", "float", 0.1, "step size of the flow on the logits of softmax([chosen, rejected, rest])", low=0.0, low_open=True, high=100.0),
         Param("target_chosen", "float", 0.9, "region statistic: steps until π+ ≥ target_chosen", low=0.0, low_open=True, high=1.0),
         Param("target_rejected", "float", 0.01, "region statistic: steps until π− ≤ target_rejected", low=0.0, low_open=True, high=1.0),
