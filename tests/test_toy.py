@@ -401,3 +401,44 @@ def test_logit_change_measures_how_far_the_logits_moved():
     assert 0 < slow <= 2 * 1e-3 * 50 * 1.01 and fast > 5 * slow
     with pytest.raises(ValueError, match="config"):
         toy.logit_change(toy.train("dpo", lr=1e-3, **kw), "nosuch")
+
+
+# ---------------------------------------------------------------------------------- readings and sensitivity
+def test_readings_of_the_sft_target():
+    spec = toy.ToySpec()
+    shared = toy.scenario_distribution(spec, "s2", on=0.12, off=0.01, reading="shared")
+    own = toy.scenario_distribution(spec, "s2", on=0.12, off=0.01, reading="own")
+    half = toy.scenario_distribution(spec, "s2", on=0.12, off=0.01, reading=0.5)
+    for d in (shared, own, half):
+        assert torch.allclose(d.sum(-1), torch.ones(4, dtype=torch.float64))
+        assert d[1, 1] == pytest.approx(0.01) and d[1, 5] == pytest.approx(0.12)
+    assert shared[1, 0] == pytest.approx(0.01) and half[1, 0] == pytest.approx(0.005)
+    unpaired = own[1, [0, 2, 3, 8, 9]]                       # other prompts' optimal and unseen: equal shares
+    assert torch.allclose(unpaired, torch.full((5,), (1 - 0.01 - 4 * 0.12) / 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="reading"):
+        toy.initial_distribution(spec, reading="mine")
+    with pytest.raises(ValueError, match="reading"):
+        toy.initial_distribution(spec, reading=1.5)
+    with pytest.raises(ValueError, match="reading"):
+        toy.initial_distribution(spec, p_chosen=0.3, p_rejected=0.2, reading="own")
+
+
+def test_scenario_sensitivity_batches_variants_that_share_their_run(monkeypatch):
+    calls = []
+    real = toy.sensitivity.run_grid
+
+    def counting(configs, seeds, **kw):
+        calls.append((len(configs), kw.get("lr")))
+        return real(configs, seeds, **kw)
+
+    monkeypatch.setattr(toy.sensitivity, "run_grid", counting)
+    variants = [toy.Variant("baseline", "-"), toy.Variant("reading", "own", init={"reading": "own"}),
+                toy.Variant("β", "0.5", loss={"beta": 0.5}), toy.Variant("lr", "0.01", run={"lr": 0.01})]
+    rows = toy.scenario_sensitivity(variants, [0, 1], run_kwargs=dict(steps=5, sft_steps=5, hidden=8,
+                                    device="cpu", progress=False), init={"on": 0.12, "off": 0.01},
+                                    loss_params={"beta": 0.1})
+    assert calls == [(12, None), (4, 0.01)]                   # 3 variants x 4 scenarios together, then 1
+    assert [r["factor"] for r in rows] == ["baseline", "reading", "β", "lr"]
+    assert set(rows[0]["scenarios"]) == set(toy.SCENARIOS) and set(rows[0]["claims"]) == set(toy.SCENARIO_CLAIMS)
+    assert set(rows[0]["scenarios"]["s1"]) == set(toy.SENSITIVITY_KEYS)
+    assert rows[0]["scenarios"]["s1"] != rows[1]["scenarios"]["s1"]    # the reading changed the SFT target

@@ -87,18 +87,20 @@ from .optim import OPTIMIZERS, BatchedAdam, BatchedSGD, make_optimizer
 from .policy import (ACTIVATIONS, POLICIES, BatchedPolicy, MLPPolicy, TabularPolicy, as_seeds, log_softmax_responses,
                      make_policy)
 from .rng import counter_uniform, hash_keys
-from .space import (SCENARIO_LABELS, SCENARIOS, ToySpec, initial_distribution, resolve_init, sample_rejected,
-                    scenario_distribution)
+from .space import (READINGS, SCENARIO_LABELS, SCENARIOS, ToySpec, initial_distribution, other_probability,
+                    resolve_init, sample_rejected, scenario_distribution)
+from .sensitivity import SENSITIVITY_KEYS, Variant, scenario_sensitivity
 from .train import ToyConfig, ToyRun, feature_overlap, logit_change, output_change, run_grid, sft, train
 from .verdicts import (EXTREMES, PHASE_CHECKS, PROP1_SIGNS, SCENARIO_CLAIMS, THREE_D_LABELS, phase_checks,
                        prop1_test, removed_by, scenario_claims, three_d)
 
 __all__ = [
-    "ToySpec", "SCENARIOS", "SCENARIO_LABELS", "initial_distribution", "scenario_distribution", "resolve_init",
+    "ToySpec", "READINGS", "other_probability", "SCENARIOS", "SCENARIO_LABELS", "initial_distribution", "scenario_distribution", "resolve_init",
     "sample_rejected", "counter_uniform", "hash_keys",
     "BatchedPolicy", "TabularPolicy", "MLPPolicy", "POLICIES", "ACTIVATIONS", "make_policy", "as_seeds",
     "log_softmax_responses", "BatchedAdam", "BatchedSGD", "OPTIMIZERS", "make_optimizer",
     "sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change",
+    "Variant", "SENSITIVITY_KEYS", "scenario_sensitivity",
     "three_d", "THREE_D_LABELS", "removed_by", "PHASE_CHECKS", "phase_checks", "EXTREMES", "SCENARIO_CLAIMS",
     "scenario_claims", "PROP1_SIGNS", "prop1_test",
 ]

@@ -9,10 +9,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..validate import check_int, check_number
+from ..validate import check_choice, check_int, check_number
 from .rng import hash_keys
 
-__all__ = ["ToySpec", "initial_distribution", "SCENARIOS", "SCENARIO_LABELS", "scenario_distribution",
+__all__ = ["ToySpec", "READINGS", "other_probability", "initial_distribution", "SCENARIOS", "SCENARIO_LABELS", "scenario_distribution",
            "resolve_init", "sample_rejected"]
 
 
@@ -73,16 +73,44 @@ class ToySpec:
         return "unseen"
 
 
+#: The readings of 000 Sec. 3.2.2's "we set the likelihood of each chosen and rejected response at 0.12"
+#: (:func:`other_probability`): ``"shared"`` gives every prompt's optimal response the chosen probability
+#: for every prompt (responses 1-4 are all "chosen responses"); ``"own"`` reads it per prompt: the
+#: prompt's own optimal response and its rejected responses get the scenario's probabilities, and the
+#: responses never paired with the prompt (other prompts' optimal, unseen) share the rest equally. A
+#: number ``r`` in (0, 1] is the shared reading with the other prompts' optimal responses at ``r`` times
+#: the chosen probability.
+READINGS = ("shared", "own")
+
+
+def other_probability(spec: ToySpec, reading: str | float, p_chosen: float, p_rejected: float) -> float:
+    """The SFT probability of each *other* prompt's optimal response under ``reading`` (:data:`READINGS`
+    or a ratio in (0, 1])."""
+    if isinstance(reading, str):
+        check_choice("reading", reading, READINGS)
+        if reading == "shared":
+            return float(p_chosen)
+        rest = 1.0 - p_chosen - spec.n_rejected * p_rejected
+        if rest <= 0:
+            raise ValueError(f"reading: 'own' leaves no mass for the unpaired responses "
+                             f"(p_chosen + n_rejected * p_rejected = {1.0 - rest:.6g} >= 1)")
+        return rest / (spec.n_prompts - 1 + spec.n_unseen)
+    return check_number("reading", reading, 0.0, 1.0, low_open=True) * float(p_chosen)
+
+
 def initial_distribution(spec: ToySpec, p_chosen: float = 0.12, p_rejected: float = 0.12,
-                         p_other: float | None = None) -> torch.Tensor:
+                         p_other: float | None = None, reading: str | float = "shared") -> torch.Tensor:
     """The SFT target of step 1 (000 Sec. 3.2.1), the same for every prompt: ``[P, R]`` float64.
 
     The prompt's optimal response gets ``p_chosen``, each rejected response ``p_rejected``, each other
-    prompt's optimal response ``p_other`` (default ``p_chosen``: the paper's "each chosen and rejected
-    response at 0.12", 000 Sec. 3.2.2, where responses 1-4 are all "chosen responses"), and the unseen
-    responses share the remainder equally. All probabilities must come out > 0 (finite logits).
+    prompt's optimal response ``p_other`` (default: by ``reading``, :data:`READINGS`; ``"shared"`` gives
+    ``p_chosen``: the paper's "each chosen and rejected response at 0.12", 000 Sec. 3.2.2, where responses
+    1-4 are all "chosen responses"), and the unseen responses share the remainder equally. All
+    probabilities must come out > 0 (finite logits).
     """
-    p_other = p_chosen if p_other is None else p_other
+    check_number("p_chosen", p_chosen, 0.0, 1.0, low_open=True, high_open=True)
+    check_number("p_rejected", p_rejected, 0.0, 1.0, low_open=True, high_open=True)
+    p_other = other_probability(spec, reading, p_chosen, p_rejected) if p_other is None else p_other
     for name, v in (("p_chosen", p_chosen), ("p_rejected", p_rejected), ("p_other", p_other)):
         check_number(name, v, 0.0, 1.0, low_open=True, high_open=True)
     P, R = spec.n_prompts, spec.n_responses
@@ -120,16 +148,18 @@ SCENARIO_LABELS = {
 }
 
 
-def scenario_distribution(spec: ToySpec, scenario: str, on: float = 0.12, off: float = 0.01) -> torch.Tensor:
+def scenario_distribution(spec: ToySpec, scenario: str, on: float = 0.12, off: float = 0.01,
+                          reading: str | float = "shared") -> torch.Tensor:
     """The initial distribution of a scenario of 000 Fig. 3: on-policy = probability ``on`` per response,
     off-policy = ``off``, for the chosen block and the rejected block separately; the unseen responses take
-    the rest (so off-policy data means that the policy's mass sits on responses outside the data)."""
+    the rest (so off-policy data means that the policy's mass sits on responses outside the data).
+    ``reading`` (:data:`READINGS`) says what the other prompts' optimal responses get."""
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario: expected one of {', '.join(SCENARIOS)}, got {scenario!r}")
     c_on, r_on = SCENARIOS[scenario]
     pc = on if c_on else off
     pr = on if r_on else off
-    return initial_distribution(spec, p_chosen=pc, p_rejected=pr, p_other=pc)
+    return initial_distribution(spec, p_chosen=pc, p_rejected=pr, reading=reading)
 
 
 def resolve_init(spec: ToySpec, init) -> torch.Tensor:
