@@ -155,6 +155,11 @@ def toy_tolerances(*, rtol: float, atol: float, log10: float, orders: float, ste
             ("*_seeds*", Tol(atol=2, reason="a count of seeds")),
             ("sft_max_abs_err", Tol(atol=2e-3, reason="largest SFT fit error over all members")),
             ("*max_abs_err_closed_form", Tol(atol=1e-5, reason="float32 rounding of the reward model's gradients")),
+            ("sensitivity?*.claims.*", Tol(ignore=True, reason="verdicts decided on the seed means of a few "
+                                           "seeds; the means themselves are compared")),
+            ("sensitivity?*.extremes.*", Tol(ignore=True, reason="scenarios picked by the seed means of a few "
+                                             "seeds; the means themselves are compared")),
+            ("conditional_claims.*", Tol(ignore=True, reason="lists of the sensitivity verdicts above")),
             ("output_layer.unseen.*", Tol(atol=1e-3, reason="float rounding residue of a gradient that is exactly "
                                           "zero: only its smallness is compared")),
         ),
@@ -171,6 +176,17 @@ def toy_tolerances(*, rtol: float, atol: float, log10: float, orders: float, ste
 #: updates on 214), the wide set.
 TOY_TOLERANCES = toy_tolerances(rtol=0.01, atol=1e-3, log10=0.1, orders=0.15, steps=(0.02, 3))
 TOY_TOLERANCES_NEAR_UNDERFLOW = toy_tolerances(rtol=0.02, atol=2e-3, log10=0.5, orders=0.6, steps=(0.1, 10))
+
+
+#: The reading of 000 Sec. 3.2.2's SFT target (prefdyn.toy.READINGS), a parameter of the toy chapters.
+READING = Param("reading", "str", "shared", "SFT target of the other prompts' optimal responses: shared (the chosen probability for every prompt) or own (per prompt: the responses never paired with it share the rest)", choices=["shared", "own"])
+
+#: The factors of toy-scenarios' sensitivity table (one small ensemble each, varied one at a time).
+SENSITIVITY_FACTORS = {
+    "other_ratio": "other/own ratio", "lr": "learning rate", "sgd": "optimiser", "hidden": "hidden width",
+    "activation": "activation", "sft_steps": "SFT steps", "pairs": "pairs per prompt", "steps": "steps",
+    "beta": "β", "p_off": "p_off",
+}
 
 
 def toy_params(*, hidden: bool = True) -> list[Param]:
@@ -199,6 +215,7 @@ register(Chapter(
     params=toy_params() + [
         loss_param("beta", ["dpo"], help="β of DPO (000 eq. 5)"),
         Param("p_init", "float", 0.12, "initial probability of every chosen-block and rejected response (000 Sec. 3.2.2: 0.12); the unseen responses share the rest", low=0.0, low_open=True, high=0.125, high_open=True),
+        READING,
     ],
     tolerances=TOY_TOLERANCES,
 ))
@@ -213,6 +230,12 @@ register(Chapter(
         Param("p_off", "float", 0.01, "initial probability of an off-policy response (per response)", low=0.0, low_open=True, high=0.125, high_open=True),
         Param("sweep_rejected", "list[float]", [0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.12], "Proposition 1 sweep: initial probability of each rejected response", low=0.0, low_open=True, high=0.125, high_open=True),
         Param("sweep_chosen", "list[float]", [0.02, 0.12], "Proposition 1 sweep: initial probability of each chosen-block response", low=0.0, low_open=True, high=0.125, high_open=True),
+        READING,
+        Param("other_ratios", "list[float]", [0.9, 0.8, 0.67, 0.5], "sensitivity: the other prompts' optimal responses at these fractions of the chosen probability (shared reading)", low=0.0, low_open=True, high=1.0),
+        Param("sensitivity", "list[str]", list(SENSITIVITY_FACTORS), "sensitivity: the factors varied one at a time against the defaults (each is one small ensemble)", choices=list(SENSITIVITY_FACTORS)),
+        Param("sensitivity_seeds", "int", 8, "sensitivity: seeds per scenario and variant", low=2, high=4096),
+        Param("sensitivity_lr", "float", 1e-4, "sensitivity: the other Adam learning rate", low=0.0, low_open=True, high=1.0),
+        Param("sensitivity_sgd_lr", "float", 1.0, "sensitivity: the learning rate of the SGD variant", low=0.0, low_open=True, high=100.0),
     ],
     checks=[below("p_off", "p_on", "off-policy means less likely")],
     tolerances=TOY_TOLERANCES_NEAR_UNDERFLOW,
