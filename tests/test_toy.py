@@ -442,3 +442,15 @@ def test_scenario_sensitivity_batches_variants_that_share_their_run(monkeypatch)
     assert set(rows[0]["scenarios"]) == set(toy.SCENARIOS) and set(rows[0]["claims"]) == set(toy.SCENARIO_CLAIMS)
     assert set(rows[0]["scenarios"]["s1"]) == set(toy.SENSITIVITY_KEYS)
     assert rows[0]["scenarios"]["s1"] != rows[1]["scenarios"]["s1"]    # the reading changed the SFT target
+
+
+def test_scenario_variants_one_change_each():
+    vs = toy.scenario_variants(list(toy.FACTORS), reading="shared", other_ratios=[0.9, 0.5], lr=1e-4,
+                               sgd_lr=1.0, hidden=64, steps=1000, beta=0.1, p_off=0.01)
+    assert [v.factor for v in vs[:2]] == ["baseline", "reading"] and vs[1].init == {"reading": "own"}
+    assert len(vs) == 2 + 2 + len(toy.FACTORS) - 1
+    assert all(len(v.run) + len(v.init) + len(v.loss) == (0 if v.factor == "baseline" else
+               2 if v.factor == "optimiser" else 1) for v in vs)
+    with pytest.raises(ValueError, match="factors"):
+        toy.scenario_variants(["depth"], reading="own", other_ratios=[], lr=1e-4, sgd_lr=1.0, hidden=64,
+                              steps=1000, beta=0.1, p_off=0.01)

@@ -12,6 +12,7 @@ import math
 
 from ..losses import LOSS_NAMES
 from ..regression import EXACT, Tol, Tolerances
+from ..toy.sensitivity import FACTORS
 from .params import Chapter, Param, ParameterError, loss_param, loss_params
 
 #: The book's losses (:data:`prefdyn.losses.LOSS_NAMES`): the choices of the theory chapters' ``losses``.
@@ -182,11 +183,7 @@ TOY_TOLERANCES_NEAR_UNDERFLOW = toy_tolerances(rtol=0.02, atol=2e-3, log10=0.5, 
 READING = Param("reading", "str", "shared", "SFT target of the other prompts' optimal responses: shared (the chosen probability for every prompt) or own (per prompt: the responses never paired with it share the rest)", choices=["shared", "own"])
 
 #: The factors of toy-scenarios' sensitivity table (one small ensemble each, varied one at a time).
-SENSITIVITY_FACTORS = {
-    "other_ratio": "other/own ratio", "lr": "learning rate", "sgd": "optimiser", "hidden": "hidden width",
-    "activation": "activation", "sft_steps": "SFT steps", "pairs": "pairs per prompt", "steps": "steps",
-    "beta": "β", "p_off": "p_off",
-}
+SENSITIVITY_FACTORS = tuple(FACTORS)
 
 
 def toy_params(*, hidden: bool = True) -> list[Param]:

@@ -20,7 +20,14 @@ from .space import SCENARIOS
 from .train import ToyConfig, run_grid
 from .verdicts import scenario_claims
 
-__all__ = ["Variant", "SENSITIVITY_KEYS", "scenario_sensitivity"]
+__all__ = ["Variant", "FACTORS", "SENSITIVITY_KEYS", "scenario_variants", "scenario_sensitivity"]
+
+#: The factors of :func:`scenario_variants`, with their display names.
+FACTORS = {
+    "other_ratio": "other/own ratio", "lr": "learning rate", "sgd": "optimiser", "hidden": "hidden width",
+    "activation": "activation", "sft_steps": "SFT steps", "pairs": "pairs per prompt", "steps": "steps",
+    "beta": "β", "p_off": "p_off",
+}
 
 #: The indicators a sensitivity row keeps per scenario (seed means).
 SENSITIVITY_KEYS = ("peak_chosen_prob", "peak_chosen_step", "final_chosen_prob", "final_unseen_mass",
@@ -37,6 +44,33 @@ class Variant:
     run: Mapping[str, Any] = field(default_factory=dict)
     init: Mapping[str, Any] = field(default_factory=dict)
     loss: Mapping[str, Any] = field(default_factory=dict)
+
+
+def scenario_variants(factors: Sequence[str], *, reading: str, other_ratios: Sequence[float], lr: float,
+                      sgd_lr: float, hidden: int, steps: int, beta: float, p_off: float) -> list[Variant]:
+    """The baseline, the other reading of the SFT target, and one variant per value of each of ``factors``
+    (:data:`FACTORS`): the other prompts' optimal responses at ``other_ratios`` of the chosen probability,
+    Adam at ``lr``, SGD at ``sgd_lr``, half the width, tanh, 200 SFT steps, one pair per prompt, half the
+    steps, five times beta, a fifth of ``p_off``."""
+    from .space import READINGS
+
+    for f in factors:
+        if f not in FACTORS:
+            raise ValueError(f"factors: expected names from {', '.join(FACTORS)}, got {f!r}")
+    table = {
+        "other_ratio": [Variant(FACTORS["other_ratio"], f"{x:g}", init={"reading": x}) for x in other_ratios],
+        "lr": [Variant(FACTORS["lr"], f"{lr:g}", run={"lr": lr})],
+        "sgd": [Variant(FACTORS["sgd"], f"SGD, lr {sgd_lr:g}", run={"optimizer": "sgd", "lr": sgd_lr})],
+        "hidden": [Variant(FACTORS["hidden"], f"{hidden // 2}", run={"hidden": hidden // 2})],
+        "activation": [Variant(FACTORS["activation"], "tanh", run={"activation": "tanh"})],
+        "sft_steps": [Variant(FACTORS["sft_steps"], "200", run={"sft_steps": 200})],
+        "pairs": [Variant(FACTORS["pairs"], "1", run={"pairs_per_prompt": 1})],
+        "steps": [Variant(FACTORS["steps"], f"{steps // 2}", run={"steps": steps // 2})],
+        "beta": [Variant(FACTORS["beta"], f"{5 * beta:g}", loss={"beta": 5 * beta})],
+        "p_off": [Variant(FACTORS["p_off"], f"{p_off / 5:g}", init={"off": p_off / 5})],
+    }
+    others = [Variant("reading", r, init={"reading": r}) for r in READINGS if r != reading]
+    return [Variant("baseline", "the defaults"), *others, *(v for f in factors for v in table[f])]
 
 
 def scenario_sensitivity(variants: Sequence[Variant], seeds, *, run_kwargs: Mapping[str, Any],
