@@ -80,7 +80,7 @@ __all__ = [
     "make_reward_model", "reward_gradients", "train_reward_model", "induced_log_probs",
     "rlhf_exact", "rlhf_ppo", "fitted_policy", "run_rlhf", "gumbel_sample",
     "KEYS", "ROLES", "member_indicators", "summarise_runs", "reward_balance", "final_rewards", "optimum_check",
-    "optimum_by_beta", "BALANCE_LABELS", "OPTIMUM_LABELS",
+    "optimum_by_beta", "BALANCE_LABELS", "OPTIMUM_LABELS", "log_gap_to_optimum", "LOG_GAP_LABELS",
 ]
 
 #: The methods of the chapter, as labels of the runs (and keys of the comparison table).
@@ -760,3 +760,48 @@ def optimum_by_beta(run: RLHFRun, betas) -> dict[str, list[float]]:
             mass = mass / run.spec.n_rejected
         out[role] = [float(x) for x in mass]
     return out
+
+
+#: Display labels of :func:`log_gap_to_optimum`'s entries.
+LOG_GAP_LABELS = {
+    "final_kl_optimum_to_policy_mean": "KL(π* ‖ π) at the end",
+    "final_kl_optimum_to_policy_max": "largest KL(π* ‖ π) at the end",
+    "final_max_abs_log_ratio_mean": "max over responses of |log π − log π*|",
+    "final_max_abs_log_ratio_max": "largest max |log π − log π*| of any member",
+    "log10_rejected_ratio_to_optimum_mean": "log10 π(rejected) / π*(rejected)",
+    "log10_rejected_ratio_to_optimum_min": "smallest log10 π(rejected) / π*(rejected)",
+    "log10_chosen_ratio_to_optimum_mean": "log10 π(chosen) / π*(chosen)",
+}
+
+
+def log_gap_to_optimum(run: RLHFRun) -> dict[str, float]:
+    """How far a policy run ends from the closed-form optimum pi* in log-probabilities, where the total
+    variation of :func:`optimum_check` cannot see it (two tiny probabilities many orders apart are close in
+    total variation).
+
+    From the final policy and log pi* (:meth:`RLHFRun.optimum_log_probs`), in float64: KL(pi* || pi) per
+    prompt, averaged over prompts (mean and largest over members); the largest |log pi - log pi*| over
+    prompts and responses (natural log; mean and largest over members); log10 pi/pi* averaged over the
+    rejected responses of every prompt (mean over members, and the smallest member: every member's rejected
+    responses are at least that many orders above pi*), and the same for each prompt's chosen response.
+    """
+    lp = np.asarray(run.final_log_probs, dtype=np.float64)
+    lo = np.asarray(run.optimum_log_probs(), dtype=np.float64)
+    if lp.shape != lo.shape:
+        raise ValueError(f"log_gap_to_optimum: final log-probabilities {lp.shape} and pi* {lo.shape} differ")
+    d = lp - lo                                                            # [M, P, R]
+    kl = (np.exp(lo) * (lo - lp)).sum(-1).mean(-1)                         # KL(pi* || pi), [M]
+    worst = np.abs(d).max(axis=(1, 2))                                     # [M]
+    masks = run.spec.role_masks()
+    ln10 = math.log(10.0)
+    rej_ratio = d[:, masks["rejected"].numpy()].mean(-1) / ln10            # [M]
+    cho_ratio = d[:, masks["chosen"].numpy()].mean(-1) / ln10
+    return {
+        "final_kl_optimum_to_policy_mean": float(kl.mean()),
+        "final_kl_optimum_to_policy_max": float(kl.max()),
+        "final_max_abs_log_ratio_mean": float(worst.mean()),
+        "final_max_abs_log_ratio_max": float(worst.max()),
+        "log10_rejected_ratio_to_optimum_mean": float(rej_ratio.mean()),
+        "log10_rejected_ratio_to_optimum_min": float(rej_ratio.min()),
+        "log10_chosen_ratio_to_optimum_mean": float(cho_ratio.mean()),
+    }

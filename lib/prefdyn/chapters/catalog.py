@@ -89,6 +89,9 @@ register(Chapter(
         Param("ref_rejected", "float", 0.12, "reference probability pi_0- of the rejected response; the path starts here", low=0.0, low_open=True, high=1.0, high_open=True),
         Param("pi_rejected_end", "float", 1e-12, "the path ends at pi- = this value", low=1e-300, high=1.0, high_open=True),
         Param("n_points", "int", 200, "points on the path (log-spaced in pi-)", low=10, high=100000),
+        Param("matched_betas", "list[float]", [0.1, 1.0], "the β at which every loss is compared with beta = beta_balanced (000: 0.1; 004 App. B: 1)", low=0.0, low_open=True, high=100.0),
+        Param("cor2_betas", "list[float]", [0.1, 0.5, 1.0, 2.0], "the β at which 000 Corollary 2's limits are taken (its condition is β < 1)", low=0.0, low_open=True, high=100.0),
+        Param("detach_points", "list[float]", [0.12, 1e-3, 1e-6, 1e-12, 1e-100, 1e-200], "π⁻ at which bDPO's gradients with λ_w detached and not are compared", low=0.0, low_open=True, high=1.0, high_open=True),
     ],
     checks=[below("pi_rejected_end", "ref_rejected", "the path lowers pi-")],
 ))
@@ -248,6 +251,8 @@ register(Chapter(
                    help="flex-β DPO: the β− values swept with β+ = 0.1 (000 App. B.2.1, Fig. 9)"),
         loss_param("gamma", ["sft_dpo"], type="list[float]", default=[0.01, 0.1, 1.0],
                    help="SFT-DPO: the γ values swept (000 eq. 7)"),
+        Param("betas", "list[float]", [0.1, 1.0], "β values at which every loss with a β also runs, for the comparisons at matched β (each loss's own β is always included; flex-β DPO: β+ = β, β− in its default ratio)", low=0.0, low_open=True, high=100.0),
+        Param("sgd_lr", "list[float]", [0.1, 1.0], "SGD learning rates of the control run of the β− sweep (the flex-β result under SGD instead of Adam)", low=0.0, low_open=True, high=1000.0),
         Param("drop_orders", "float", 2.0, "Drastic drop present when π(rejected) fell by at least this many orders of magnitude", low=0.0, low_open=True, high=100.0),
         Param("degradation_threshold", "float", 0.05, "Degradation present when π(chosen) ends at least this fraction below its peak", low=0.0, low_open=True, high=1.0),
         Param("dispersion_threshold", "float", 0.05, "Dispersion present when the mass on responses never paired with the prompt grew by at least this much", low=0.0, low_open=True, high=1.0),

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..stats import rank_correlation
 
-__all__ = ["three_d", "THREE_D_LABELS", "removed_by", "PHASE_CHECKS", "phase_checks", "EXTREMES",
+__all__ = ["three_d", "THREE_D_LABELS", "removed_by", "matched_removal", "matched_removal_reading",
+           "falls_further", "PHASE_CHECKS", "phase_checks", "EXTREMES",
            "SCENARIO_CLAIMS", "scenario_claims", "PROP1_SIGNS", "prop1_test"]
 
 
@@ -44,6 +45,62 @@ def removed_by(reference: Mapping[str, bool], verdict: Mapping[str, bool]) -> di
     configuration's ``verdict`` no longer shows (``"removes"``) and those it still shows (``"keeps"``)."""
     shown = [k for k in THREE_D_LABELS if reference[k]]
     return {"removes": [k for k in shown if not verdict[k]], "keeps": [k for k in shown if verdict[k]]}
+
+
+def matched_removal(reference: Mapping[float, Mapping[str, bool]], verdict: Mapping[float, Mapping[str, bool]],
+                    own: float, base: float) -> dict:
+    """Which D a loss removes once the comparison is made at matched beta.
+
+    ``reference[b]`` and ``verdict[b]`` are :func:`three_d` verdicts of the reference loss (vanilla DPO) and
+    of the loss at inverse temperature ``b``; ``own`` is the loss's own (default) beta, ``base`` the
+    reference's. ``"claimed"``: what :func:`removed_by` says when the loss at ``own`` is compared with the
+    reference at ``base`` (the unmatched comparison); ``"at_beta"``: for every ``b`` of both, what the loss
+    removes against the reference at the same ``b``; of the claimed properties, ``"matched"`` are those the
+    reference at ``own`` still shows (the loss removes them at matched beta) and ``"beta_only"`` those the
+    reference at ``own`` no longer shows either (the removal is beta's, not the loss's).
+    """
+    for name, d in (("reference", reference), ("verdict", verdict)):
+        for b in (own, base):
+            if b not in d:
+                raise ValueError(f"matched_removal: {name} has no verdict at beta={b:g}")
+    claimed = removed_by(reference[base], verdict[own])["removes"]
+    at_beta = {b: removed_by(reference[b], verdict[b])["removes"] for b in verdict if b in reference}
+    return {"claimed": claimed, "at_beta": at_beta,
+            "matched": [k for k in claimed if reference[own][k]],
+            "beta_only": [k for k in claimed if not reference[own][k]]}
+
+
+def matched_removal_reading(result: Mapping, own: float, reference: str = "DPO",
+                            labels: Mapping[str, str] = THREE_D_LABELS) -> str:
+    """One phrase per claimed property of :func:`matched_removal`: removed also at matched beta, or only
+    because the reference at the loss's own beta loses it too (naming the other betas at which the loss
+    does remove it against the reference at the same beta); then any property removed at some matched
+    beta that was not claimed. ``"none claimed"`` if there is nothing to say."""
+    def where(k, skip=None):
+        return [b for b, ks in result["at_beta"].items() if k in ks and b != skip]
+
+    parts = []
+    for k in result["claimed"]:
+        if k in result["matched"]:
+            parts.append(f"{labels[k]}: also at matched β = {own:g}")
+        else:
+            text = f"{labels[k]}: only because {reference} at β = {own:g} also loses it"
+            others = where(k, skip=own)
+            if others:
+                text += " (removed at matched β = " + ", ".join(f"{b:g}" for b in others) + ")"
+            parts.append(text)
+    for k in labels:
+        if k not in result["claimed"] and where(k):
+            parts.append(f"{labels[k]}: not claimed, removed at matched β = "
+                         + ", ".join(f"{b:g}" for b in where(k)))
+    return "; ".join(parts) or "none claimed"
+
+
+def falls_further(lower: Mapping[str, Mapping[str, float]], upper: Mapping[str, Mapping[str, float]],
+                  key: str = "rejected_drop_orders") -> bool:
+    """Whether the 95% interval of ``key`` in the summary ``upper`` lies entirely above that in ``lower``
+    (e.g. pi(rejected) fell by more orders of magnitude in ``upper``); False if either is NaN."""
+    return _apart(lower[key], upper[key])
 
 
 #: The checks of :func:`phase_checks` with their display labels (the order the chapter shows them).
