@@ -454,3 +454,17 @@ def test_scenario_variants_one_change_each():
     with pytest.raises(ValueError, match="factors"):
         toy.scenario_variants(["depth"], reading="own", other_ratios=[], lr=1e-4, sgd_lr=1.0, hidden=64,
                               steps=1000, beta=0.1, p_off=0.01)
+
+
+def test_prop1_series_tests_within_a_series_over_seeds():
+    sweep = [0.005, 0.02, 0.08]
+    cfgs = [toy.ToyConfig("dpo", {"beta": 0.1}, init={"p_chosen": 0.12, "p_rejected": pr}, name=f"r{pr:g}")
+            for pr in sweep]
+    run = toy.run_grid(cfgs, 4, steps=300, sft_steps=100, hidden=16, lr=1e-2, device="cpu", progress=False)
+    res = toy.prop1_series(run, {"c0.12": [f"r{pr:g}" for pr in sweep]})["c0.12"]
+    assert set(res) == set(toy.PROP1_SIGNS)
+    for k, r in res.items():
+        assert 3 <= r["n_seeds"] <= 4 and r["lo"] <= r["mean_rho"] <= r["hi"] and 0 <= r["frac_predicted_sign"] <= 1
+        assert r["agrees_with_prop1"] == ((r["lo"] > 0) if r["predicted_sign"] > 0 else (r["hi"] < 0))
+    with pytest.raises(ValueError, match="three"):
+        toy.prop1_series(run, {"short": ["r0.005", "r0.02"]})

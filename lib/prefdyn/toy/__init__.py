@@ -91,8 +91,9 @@ from .space import (READINGS, SCENARIO_LABELS, SCENARIOS, ToySpec, initial_distr
                     resolve_init, sample_rejected, scenario_distribution)
 from .sensitivity import FACTORS, SENSITIVITY_KEYS, Variant, scenario_sensitivity, scenario_variants
 from .train import ToyConfig, ToyRun, feature_overlap, logit_change, output_change, run_grid, sft, train
-from .verdicts import (EXTREMES, PHASE_CHECKS, PROP1_SIGNS, SCENARIO_CLAIMS, THREE_D_LABELS, phase_checks,
-                       prop1_test, removed_by, scenario_claims, three_d)
+from .verdicts import (EXTREMES, PHASE_CHECKS, PROP1_SIGNS, SCENARIO_CLAIMS, THREE_D_LABELS, falls_further,
+                       matched_removal, matched_removal_reading, phase_checks, prop1_series, prop1_test, removed_by,
+                       scenario_claims, three_d)
 
 __all__ = [
     "ToySpec", "READINGS", "other_probability", "SCENARIOS", "SCENARIO_LABELS", "initial_distribution", "scenario_distribution", "resolve_init",
@@ -102,5 +103,6 @@ __all__ = [
     "sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change",
     "Variant", "FACTORS", "SENSITIVITY_KEYS", "scenario_variants", "scenario_sensitivity",
     "three_d", "THREE_D_LABELS", "removed_by", "PHASE_CHECKS", "phase_checks", "EXTREMES", "SCENARIO_CLAIMS",
-    "scenario_claims", "PROP1_SIGNS", "prop1_test",
+    "scenario_claims", "PROP1_SIGNS", "prop1_test", "prop1_series", "matched_removal", "matched_removal_reading",
+    "falls_further",
 ]

@@ -13,7 +13,7 @@ from ..stats import rank_correlation
 
 __all__ = ["three_d", "THREE_D_LABELS", "removed_by", "matched_removal", "matched_removal_reading",
            "falls_further", "PHASE_CHECKS", "phase_checks", "EXTREMES",
-           "SCENARIO_CLAIMS", "scenario_claims", "PROP1_SIGNS", "prop1_test"]
+           "SCENARIO_CLAIMS", "scenario_claims", "PROP1_SIGNS", "prop1_test", "prop1_series"]
 
 
 def three_d(summary_cfg: Mapping[str, Mapping[str, float]], drop_orders: float = 2.0,
@@ -208,4 +208,44 @@ def prop1_test(summary: Mapping[str, Mapping[str, Mapping[str, float]]], names: 
         r = rank_correlation(x, [summary[n][key]["mean"] for n in names])
         agrees = bool(np.isfinite(r["spearman_rho"]) and np.sign(r["spearman_rho"]) == sign and r["p_value"] < alpha)
         out[key] = {**r, "predicted_sign": int(sign), "agrees_with_prop1": agrees}
+    return out
+
+
+def prop1_series(run, series: Mapping[str, Sequence[str]], signs: Mapping[str, int] = PROP1_SIGNS,
+                 rate: str = "rejected_tenfold_step", level: float = 0.95) -> dict[str, dict]:
+    """000 Proposition 1 tested within each series of initial states and over seeds.
+
+    ``series`` maps a name to the labels of configurations that differ in one choice only (e.g. the
+    rejected probability at a fixed chosen one). For every seed, Spearman's rho across the series'
+    configurations relates ``rate`` (the time pi(rejected) takes to fall tenfold) to each measure of
+    ``signs``; the seeds are the independent samples (the seed means of a sweep are not). Per series and
+    measure: the mean rho with its ``level`` t-interval over seeds, the fraction of seeds whose rho has the
+    predicted sign, the two-sided sign-test p-value, and ``agrees_with_prop1`` (the interval lies on the
+    predicted side of 0).
+    """
+    from scipy import stats as sstats
+
+    from ..records import member_indicators
+    from ..stats import mean_ci
+
+    ind = member_indicators(run)
+    out: dict[str, dict] = {}
+    for name, labels in series.items():
+        idx = np.stack([run.members_of(c) for c in labels])               # [configs, seeds]
+        if len(labels) < 3:
+            raise ValueError(f"series: {name!r} needs at least three configurations, got {len(labels)}")
+        x = ind[rate][idx]
+        res = {}
+        for key, sign in signs.items():
+            y = ind[key][idx]
+            rho = np.array([rank_correlation(x[:, j], y[:, j])["spearman_rho"] for j in range(idx.shape[1])])
+            ok = rho[np.isfinite(rho)]
+            ci = mean_ci(ok, level)
+            hits = int(np.sum(np.sign(ok) == sign))
+            p = float(sstats.binomtest(hits, len(ok), 0.5).pvalue) if len(ok) else float("nan")
+            side = ci["lo"] > 0 if sign > 0 else ci["hi"] < 0
+            res[key] = {"mean_rho": ci["mean"], "lo": ci["lo"], "hi": ci["hi"], "n_seeds": int(len(ok)),
+                        "frac_predicted_sign": hits / len(ok) if len(ok) else float("nan"),
+                        "sign_test_p": p, "predicted_sign": int(sign), "agrees_with_prop1": bool(side)}
+        out[name] = res
     return out
