@@ -111,3 +111,27 @@ def test_note_markdown_escapes_plain_text():
     assert r"mu\_p" in V.note_markdown(n["004-thm3"], str)     # escaped: not Markdown emphasis
     md = V.note_markdown(n["004-cor1"], lambda x: f"{x:.3f}")
     assert md.startswith(":::{admonition} 004 Corollary 1") and md.endswith(":::") and "**0.333**" in md
+
+
+def test_ranking_and_new_views_fit_the_page():
+    t = V.ranking_view(P.errata_ranking())
+    assert len(t.columns) <= 5 and len(t.rows) == len(P.ERRATA)
+    assert t.rows[0][1][1].startswith("1: ") and t.rows[-1][1][1].startswith("5: ")
+    t = V.corollary2_view(P.corollary2_limits([0.1, 2.0]))
+    assert len(t.columns) <= 5 and t.cell("β = 2", "|∂ℓ/∂π⁺| →") == "0"
+    t = V.field_002_view({1e-4: P.field_002(1e-4)}, 1.0, 0.1)
+    assert len(t.columns) == 2
+
+
+def test_conditional_row_states_its_condition():
+    m = {0.1: {"nbdpo": {"d_pi_minus_limit": "inf"}, "dpo": {"d_pi_minus_limit": "inf"}},
+         1.0: {"nbdpo": {"d_pi_minus_limit": "finite"}, "dpo": {"d_pi_minus_limit": "finite"}}}
+    md = V.conditional_row(m, "nbdpo")
+    assert md.startswith("**nbDPO") and "holds at β = 1 (→ finite)" in md and "fails at β = 0.1 (→ ∞)" in md
+    assert "follows β" in md
+    m[1.0]["dpo"]["d_pi_minus_limit"] = "inf"
+    assert "own" in V.conditional_row(m, "nbdpo")
+    lims = {"detached": {"d_pi_plus_limit": "finite", "d_pi_minus_limit": "inf", "q_plus": 1.0},
+            "not_detached": {"d_pi_plus_limit": "0", "d_pi_minus_limit": "inf", "q_plus": 0.25}}
+    md = V.detachment_markdown(lims)
+    assert "only if λ\\_w is detached" in md and "0.25" in md

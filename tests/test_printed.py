@@ -67,7 +67,7 @@ def test_erratum_corrected_equals_derivation_symbolically(eid):
 def test_erratum_at_random_points(eid):
     e = P.ERRATA_BY_ID[eid]
     syms = sorted(set(e.point), key=lambda s: s.name)
-    pts = P.random_points(syms, 5, seed=3)
+    pts = P.random_points(syms, 5, seed=3, domains=e.domains)
     checked = 0
     for pt in pts:
         if e.limit is not None:
@@ -312,3 +312,105 @@ def test_display_latex_uses_powers_not_roots():
 def test_printed_agreement_groups_by_paper():
     by = P.printed_agreement({p.key: 0.0 for p in P.PRINTED})
     assert sum(map(len, by.values())) == len(P.PRINTED) and set(by) == set(P.PAPERS)
+
+
+# ------------------------------------------------------------------------------------------ errata the book had missed
+def test_corollary2_condition_is_not_needed_for_the_chosen_gradient():
+    """000 Cor. 2: dl/dpi+ -> 0 at every beta > 0; beta < 1 is what |dl/dpi-| -> inf needs."""
+    lims = P.corollary2_limits([0.1, 0.5, 1.0, 2.0, 5.0])
+    assert all(r["d_pi_plus_limit"] == "0" and r["ratio_limit"] == "inf" for r in lims.values())
+    assert [lims[b]["d_pi_minus_limit"] for b in (0.1, 0.5, 1.0, 2.0, 5.0)] == ["inf", "inf", "finite", "0", "0"]
+    assert [lims[b]["exponent_plus"] for b in (0.1, 1.0, 5.0)] == [0.1, 1.0, 5.0]
+    e = P.ERRATA_BY_ID["000-cor2"]
+    assert e.kind == "condition" and e.reference_expr() == 1           # derived: holds for every beta > 0
+    assert e.check({P.BETA: 0.5})["printed_rel_err"] == 0.0           # the print is right below 1 ...
+    assert e.check({P.BETA: 1.5})["printed_rel_err"] == 1.0           # ... and excludes beta >= 1 wrongly
+
+
+def test_002_field_diverges_at_low_x1():
+    small, smaller = P.field_002(1e-4), P.field_002(1e-8)
+    assert smaller["d_x1"] > 1e3 * small["d_x1"] > 1e3               # ~ beta / x1, not 0
+    assert smaller["d_x1"] == pytest.approx(0.1 / 1e-8 / (1 + 1e-8 ** 0.1), rel=1e-12)
+    chk = P.ERRATA_BY_ID["002-sec3.2"].check()
+    assert chk["printed"] == 0.0 and chk["derivation"] > 1e100
+
+
+def test_every_erratum_is_ranked_by_consequence():
+    rows = P.errata_ranking()
+    assert sorted(r["id"] for r in rows) == sorted(P.ERRATA_BY_ID)
+    assert [r["rank"] for r in rows] == sorted(r["rank"] for r in rows)
+    assert {r["rank"] for r in rows} <= set(P.CONSEQUENCE_CLASSES)
+    assert all(r["reason"] and len(r["reason"]) <= 80 for r in rows)
+    by = {r["id"]: r for r in rows}
+    # the printed losses with the wrong sign come first, the notation slip last
+    assert by["004-eq3"]["rank"] == by["000-eq7"]["rank"] == 1 and rows[-1]["id"] == "000-D2-fig10"
+    assert [P.ERRATA[r["number"] - 1].id for r in rows] == [r["id"] for r in rows]
+
+
+def test_numeric_limits_agree_with_the_symbolic_ones():
+    names = list(L.LOSS_NAMES)
+    ps = P.loss_params({}, names)
+    rows = P.comparison_table(names, ps, pi_chosen=0.12, ref_chosen=0.12, ref_rejected=0.12, pi_rejected_end=1e-12)
+    for n in names:
+        num = P.path_limits(n, ps[n], 0.12, 0.12, 0.12)
+        assert num["d_pi_plus_limit"] == rows[n]["d_pi_plus_limit"], n
+        assert num["d_pi_minus_limit"] == rows[n]["d_pi_minus_limit"], n
+
+
+def test_numeric_limit_reads_powers_and_logs():
+    t = P.PI_M
+    cases = {t ** sp.Rational(1, 10): "0", t ** -sp.Rational(9, 10): "inf", 3 + t: "finite",
+             1 / sp.log(t): "0", sp.log(t) ** 2: "inf", 1 / (t * sp.log(t)): "inf", sp.Integer(0): "0"}
+    for expr, want in cases.items():
+        assert P.numeric_limit(expr, {})["limit"] == want, expr
+
+
+def test_matched_beta_nbdpo_rejected_gradient_follows_beta():
+    names = ["dpo", "nbdpo", "bdpo", "slic"]
+    m = P.matched_beta(names, {}, [0.1, 1.0], pi_chosen=0.12, ref_chosen=0.12, ref_rejected=0.12,
+                       pi_rejected_end=1e-12)
+    assert m[1.0]["nbdpo"]["d_pi_minus_limit"] == m[1.0]["dpo"]["d_pi_minus_limit"] == "finite"
+    assert m[0.1]["nbdpo"]["d_pi_minus_limit"] == m[0.1]["dpo"]["d_pi_minus_limit"] == "inf"
+    assert m[0.1]["bdpo"]["d_pi_plus_limit"] == m[1.0]["bdpo"]["d_pi_plus_limit"] == "finite"
+    assert m[0.1]["slic"] == m[1.0]["slic"]                            # no beta
+    assert m[0.1]["dpo"]["ratio_at_end"] == pytest.approx(0.12 / 1e-12, rel=1e-9)
+
+
+def _bdpo_torch(pc, pr, rc, rr, beta, detach):
+    lc = torch.tensor(math.log(pc), dtype=torch.float64, requires_grad=True)
+    lr = torch.tensor(math.log(pr), dtype=torch.float64, requires_grad=True)
+    lw = lr / (lc + lr)
+    if detach:
+        lw = lw.detach()
+    loss = -F.logsigmoid(beta * (lw * (lc - math.log(rc)) - (1 - lw) * (lr - math.log(rr))))
+    gc, gr = torch.autograd.grad(loss, (lc, lr))
+    return float(gc) / pc, float(gr) / pr
+
+
+@pytest.mark.parametrize("pt", [(0.3, 0.05, 0.12, 0.2, 1.0), (0.12, 1e-6, 0.12, 0.12, 0.1), (0.05, 0.2, 0.1, 0.3, 2.0)])
+def test_bdpo_not_detached_matches_torch_and_the_extra_term(pt):
+    pc, pr, rc, rr, beta = pt
+    gcn, grn = P.bdpo_not_detached()
+    g = P.gradients("bdpo")
+    point = {P.PI_P: pc, P.PI_M: pr, P.REF_P: rc, P.REF_M: rr, P.BETA: beta}
+    tn, td = _bdpo_torch(pc, pr, rc, rr, beta, False), _bdpo_torch(pc, pr, rc, rr, beta, True)
+    assert P.evaluate(gcn, point) == pytest.approx(tn[0], rel=1e-10)
+    assert P.evaluate(grn, point) == pytest.approx(tn[1], rel=1e-10)
+    assert P.evaluate(g.d_pi_c, point) == pytest.approx(td[0], rel=1e-10)   # the book's: detached
+    # the difference is -sigma(-m) beta (h+ + h-) dlambda_w/dpi, as the chapter states
+    lw = sp.log(P.PI_M) / (sp.log(P.PI_P) + sp.log(P.PI_M))
+    hp, hm = sp.log(P.PI_P / P.REF_P), sp.log(P.PI_M / P.REF_M)
+    m = P.BETA * (lw * hp - (1 - lw) * hm)
+    for gn, gd, v in ((gcn, g.d_pi_c, P.PI_P), (grn, g.d_pi_r, P.PI_M)):
+        extra = -P.sigma(-m) * P.BETA * (hp + hm) * sp.diff(lw, v)
+        assert P.evaluate(gn - gd, point) == pytest.approx(P.evaluate(extra, point), rel=1e-10, abs=1e-14)
+
+
+def test_bdpo_detachment_agrees_at_the_reference_and_parts_along_the_path():
+    res = P.bdpo_detachment([0.12, 1e-12, 1e-200], 1.0, 0.12, 0.12, 0.12)
+    d, n = res["detached"], res["not_detached"]
+    assert d["d_pi_plus"][0] == pytest.approx(n["d_pi_plus"][0], rel=1e-12)   # pi = pi_ref: 004 Prop. 1
+    assert abs(n["d_pi_plus"][-1]) < 0.05 * abs(d["d_pi_plus"][-1])
+    lims = P.detachment_limits(1.0, 0.12, 0.12, 0.12)
+    assert lims["detached"]["d_pi_plus_limit"] == "finite" and lims["not_detached"]["d_pi_plus_limit"] == "0"
+    assert lims["not_detached"]["q_plus"] == pytest.approx(0.25, rel=0.01)   # ~ 1/|log pi-|

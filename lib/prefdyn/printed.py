@@ -83,6 +83,18 @@ __all__ = [
     "printed_agreement",
     "Note",
     "NOTES",
+    "CONSEQUENCE_CLASSES",
+    "CONSEQUENCES",
+    "errata_ranking",
+    "corollary2_limits",
+    "field_002",
+    "bdpo_not_detached",
+    "bdpo_detachment",
+    "BALANCED",
+    "matched_beta",
+    "numeric_limit",
+    "path_limits",
+    "detachment_limits",
 ]
 
 # ============================================================================ symbols
@@ -364,6 +376,9 @@ class Erratum:
     limit: tuple | None = None
     branch: Callable[[sp.Expr], sp.Expr] | None = None
     definitions: Mapping[sp.Symbol, sp.Expr] | Callable[[], Mapping[sp.Symbol, sp.Expr]] = field(default_factory=dict)
+    #: where random test points are drawn for this erratum (overrides :data:`DOMAINS`), e.g. the beta >= 1
+    #: that a wrong condition excludes
+    domains: dict = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -716,6 +731,13 @@ _H_P = sp.log(PI_P / REF_P)
 _H_M = sp.log(PI_M / REF_M)
 
 
+def _cor2_holds() -> sp.Expr:
+    """000 Cor. 2, derived: 1 where dl/dpi+ of DPO -> 0 as pi- -> 0, i.e. theta(e) with e the exponent of
+    pi- in its leading term (:func:`prefdyn.symbolic.leading_order`; e = beta, so 1 for every beta > 0)."""
+    lo = symbolic.leading_order(derived("dpo", "d_pi_plus"), PI_M)
+    return sp.Heaviside(lo.exponent)
+
+
 def _ppo_return(sign: int) -> sp.Expr:
     return sign * sum(q * (r - BETA * sp.log(q / qr)) for q, r, qr in ((Q1, R1, QREF1), (Q2, R2, QREF2), (Q3, R3, QREF3)))
 
@@ -734,6 +756,19 @@ ERRATA: list[Erratum] = [
         explanation="dz/dpi- / dz/dpi+ = (1/pi+) / (-pi-/pi+^2) = -pi+/pi-: the two gradients have opposite "
                     "signs; the printed pi+/pi- is the ratio of their magnitudes (004 eq. 2 prints the sign).",
         reference=lambda: derived("dpo", "ratio"), point=_DPO_POINT),
+    Erratum(
+        id="000-cor2", paper="000", where="Sec. 3.1, Corollary 2", kind="condition",
+        quantity=r"\mathbb{1}\Big[\frac{\partial \ell^{\mathrm{DPO}}}{\partial \pi^+} \to 0 "
+                 r"\text{ as } \pi^- \to 0\Big]",
+        printed=sp.Heaviside(1 - BETA), corrected=sp.Integer(1),
+        explanation="Corollary 2 reads 'As pi- -> 0 and given that beta < 1, dl/dpi+, which is proportional "
+                    "to (pi-)^beta, tends towards zero'. The leading term of dl/dpi+ is proportional to "
+                    "(pi-)^beta, which tends to 0 for every beta > 0: the degradation holds at any beta. "
+                    "beta < 1 is the condition of the next sentence, |dl/dpi-| ~ (pi-)^(beta-1) -> inf (at "
+                    "beta = 1 it tends to a finite value, above 1 to 0). Here 1[.] is 1 where the statement "
+                    "holds, theta(u) = 1 for u > 0 and 0 for u < 0; the derivation is 1[e > 0] with e the "
+                    "exponent of pi- in the leading term of dl/dpi+ (prefdyn.symbolic.leading_order).",
+        reference=lambda: _cor2_holds(), point={BETA: 2.0}, domains={BETA: ("log", 1.0, 10.0)}),
     Erratum(
         id="000-eq7", paper="000", where="App. B.2.2, eq. 7", kind="sign",
         quantity=r"\ell^{\mathrm{SFT\text{-}DPO}}",
@@ -789,6 +824,18 @@ ERRATA: list[Erratum] = [
                     "|dl/dpi-| >> |dl/dpi+|, a ratio of pi+/pi- (Cor. 1).",
         reference=lambda: PI_P / PI_M, point=_DPO_POINT,
         definitions=lambda: {DL_P: derived("dpo", "d_pi_plus"), DL_M: derived("dpo", "d_pi_minus")}),
+    # ---------------------------------------------------------------- 002
+    Erratum(
+        id="002-sec3.2", paper="002", where="Sec. 3.2, paragraph after Fig. 1", kind="wrong limit (text)",
+        quantity=r"\left|\frac{\partial \mathcal{L}_{DPO}}{\partial x_1}\right|\ (x_1 \to 0)",
+        printed=sp.Integer(0), corrected=BETA / X1,
+        explanation="002 writes 'the gradient vector field vanishes in the area of low x1 and then moves "
+                    "away'. By eq. 2, |dL/dx1| = beta x2^beta / (x1 (x1^beta + x2^beta)), whose leading "
+                    "term as x1 -> 0 is beta/x1: it diverges there (002's own first bullet has the flow "
+                    "'rapidly increase x1' at small x1). Likewise at low x2 only the x1-component vanishes; "
+                    "|dL/dx2| = beta x2^(beta-1) / (x1^beta + x2^beta) diverges for beta < 1.",
+        reference=lambda: -_x_coords(derived("dpo", "d_pi_plus") * REF_P),
+        point={X1: 1e-200, X2: 1.0, BETA: 0.1}, limit=(X1, 0)),
     # ---------------------------------------------------------------- 004
     Erratum(
         id="004-eq3", paper="004", where="Sec. 3.1, eq. 3", kind="sign",
@@ -899,6 +946,52 @@ ERRATA += [
 ERRATA_BY_ID: dict[str, Erratum] = {e.id: e for e in ERRATA}
 assert len(ERRATA_BY_ID) == len(ERRATA), "duplicate ERRATA ids"
 
+# ============================================================================ the errata by consequence
+#: The consequence classes, most consequential first (an ordinal rank).
+CONSEQUENCE_CLASSES: dict[int, str] = {
+    1: "wrong objective or update direction",
+    2: "a stated conclusion fails",
+    3: "wrong value, reading stands",
+    4: "slip in a step, result right",
+    5: "notation slip",
+}
+
+#: Every erratum's consequence: (class of :data:`CONSEQUENCE_CLASSES`, one-line reason).
+CONSEQUENCES: dict[str, tuple[int, str]] = {
+    "000-eq7": (1, "minimising the printed loss lowers pi(a+): the SFT term works backwards"),
+    "004-eq3": (1, "minimising the printed reward-model loss ranks the losing response first"),
+    "004-eq4": (1, "minimising the printed PPO 'loss' lowers the return"),
+    "004-eq35": (1, "a negative correlation enlarges DPO's update; App. C says it shrinks it"),
+    "004-eq25": (1, "as printed, Naive-bDPO is another loss with another gradient"),
+    "000-cor2": (2, "suggests beta >= 1 escapes the degradation; dl/dpi+ -> 0 at every beta"),
+    "002-sec3.2": (2, "says the field vanishes where |dL/dx1| diverges (low x1)"),
+    "000-B1-token-rejected-c": (2, "flex-beta token gradients differ by beta-/beta+, not 'same scale'"),
+    "000-B1-token-rejected-c'": (2, "as the sampled token: the beta-/beta+ factor is missing"),
+    "004-eq11": (3, "overstates the balanced update by 1/p_i (the proof has p_i)"),
+    "004-eq36": (3, "wrong lambda term and missing p_i in App. C's balanced update"),
+    "000-B1-token-chosen-c": (3, "a logit where a probability belongs: wrong value, sign if x > 1"),
+    "000-B1-token-chosen-c'": (3, "a logit where a probability belongs: wrong value"),
+    "000-cor1": (3, "sign of a ratio whose magnitude (the part used) is right"),
+    "000-B22-chain": (4, "a missing term in the middle step; the right-hand side has it"),
+    "004-eq43": (4, "a missing sum in a proof step; eq. 46 has it"),
+    "004-eq47": (4, "a sign in a proof step that is set to 0 (eq. 48)"),
+    "004-eq49": (4, "a sign in a proof step; eq. 51 is unaffected"),
+    "000-D2-fig10": (5, "compares dl/dpi- with its own magnitude; the meaning is clear"),
+}
+assert set(CONSEQUENCES) == set(ERRATA_BY_ID), "every erratum needs a consequence"
+
+
+def errata_ranking(errata: Sequence[Erratum] | None = None) -> list[dict[str, Any]]:
+    """The errata ranked by consequence (:data:`CONSEQUENCES`): one dict per erratum, most consequential
+    first (class, then the order of ``errata``), with ``number`` its 1-based position in ``errata`` (as
+    the chapter's boxes are numbered), ``id``, ``paper``, ``where``, ``rank``, ``consequence`` (the class)
+    and ``reason``."""
+    errata = ERRATA if errata is None else list(errata)
+    rows = [{"number": k, "id": e.id, "paper": e.paper, "where": e.where, "rank": CONSEQUENCES[e.id][0],
+             "consequence": CONSEQUENCE_CLASSES[CONSEQUENCES[e.id][0]], "reason": CONSEQUENCES[e.id][1]}
+            for k, e in enumerate(errata, 1)]
+    return sorted(rows, key=lambda r: (r["rank"], r["number"]))
+
 
 # ============================================================================ the chapter's comparison
 def loss_params(params: Mapping[str, Any], losses: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -969,32 +1062,38 @@ def comparison_table(losses: Sequence[str], params: Mapping[str, Mapping[str, An
       ``lead_exprs``: the two as sympy expressions (None where undecided), for
       :func:`prefdyn.chapters.gradients_view.loss_markdown`.
     """
-    rows: dict[str, dict[str, Any]] = {}
-    for name in losses:
-        p = params[name]
-        g = gradients(name)
-        subs = _param_subs(name, p)
-        gc, gr = g.d_pi_c.xreplace(subs), g.d_pi_r.xreplace(subs)
-        lc, lr = symbolic.leading_order(gc, PI_M), symbolic.leading_order(gr, PI_M)
-        lq = symbolic.leading_order(g.ratio.xreplace(subs), PI_M)
-        if not lq.ok:                              # e.g. DPOP: sympy cannot take the ratio's limit directly,
-            lq = lr.over(lc)                       # but it decides both gradients (as symbolic.derive does)
-        path = gradient_path(name, p, pi_chosen, ref_chosen, ref_rejected, pi_rejected_end, 2)
-        a, b = abs(float(path["d_pi_plus"][-1])), abs(float(path["d_pi_minus"][-1]))
-        le_c, le_r = lc.expr(PI_M), lr.expr(PI_M)
-        rows[name] = {
-            "ratio": latex(g.ratio),
-            "ratio_at_end": b / a if a > 0 else float("inf"),
-            "ratio_limit": _tends(lq),
-            "d_pi_plus_limit": _tends(lc),
-            "d_pi_minus_limit": _tends(lr),
-            "d_pi_plus_vanishes": _tends(lc) == "0",
-            "balanced_log": bool(g.balanced_log),
-            "lead_d_pi_plus": display_latex(le_c) if le_c is not None else "undecided",
-            "lead_d_pi_minus": display_latex(le_r) if le_r is not None else "undecided",
-            "lead_exprs": (le_c, le_r),
-        }
-    return rows
+    return {name: dict(_comparison_row(name, tuple(sorted(params[name].items())), pi_chosen, ref_chosen,
+                                       ref_rejected, pi_rejected_end)) for name in losses}
+
+
+@lru_cache(maxsize=None)
+def _comparison_row(name: str, pkey: tuple, pi_chosen: float, ref_chosen: float, ref_rejected: float,
+                    pi_rejected_end: float) -> dict[str, Any]:
+    """One row of :func:`comparison_table` (cached by loss, parameters and path)."""
+    p = dict(pkey)
+    g = gradients(name)
+    subs = _param_subs(name, p)
+    gc, gr = g.d_pi_c.xreplace(subs), g.d_pi_r.xreplace(subs)
+    lc, lr = symbolic.leading_order(gc, PI_M), symbolic.leading_order(gr, PI_M)
+    lq = symbolic.leading_order(g.ratio.xreplace(subs), PI_M)
+    if not lq.ok:                              # e.g. DPOP: sympy cannot take the ratio's limit directly,
+        lq = lr.over(lc)                       # but it decides both gradients (as symbolic.derive does)
+    path = gradient_path(name, p, pi_chosen, ref_chosen, ref_rejected, pi_rejected_end, 2)
+    a, b = abs(float(path["d_pi_plus"][-1])), abs(float(path["d_pi_minus"][-1]))
+    le_c, le_r = lc.expr(PI_M), lr.expr(PI_M)
+    row = {
+        "ratio": latex(g.ratio),
+        "ratio_at_end": b / a if a > 0 else float("inf"),
+        "ratio_limit": _tends(lq),
+        "d_pi_plus_limit": _tends(lc),
+        "d_pi_minus_limit": _tends(lr),
+        "d_pi_plus_vanishes": _tends(lc) == "0",
+        "balanced_log": bool(g.balanced_log),
+        "lead_d_pi_plus": display_latex(le_c) if le_c is not None else "undecided",
+        "lead_d_pi_minus": display_latex(le_r) if le_r is not None else "undecided",
+        "lead_exprs": (le_c, le_r),
+    }
+    return row
 
 
 #: The seed papers, by their file number in ``shared/seeds``.
@@ -1056,3 +1155,148 @@ NOTES: list[Note] = [
          "With mu_p <= mu_q < y* that interval is empty; the condition must read y* < mu_p, as the proof "
          "assumes ('the closest local extremum of w(y) to mu_p').", None),
 ]
+
+
+# ============================================================================ errata the book had missed: numbers
+def corollary2_limits(betas: Sequence[float]) -> dict[float, dict[str, Any]]:
+    """000 Cor. 2 at each ``beta``: the exponents of pi- in the leading terms of DPO's dl/dpi+ and
+    dl/dpi- as pi- -> 0 (:func:`prefdyn.symbolic.leading_order`, beta a rational number) and what
+    |dl/dpi+|, |dl/dpi-| and their ratio tend to ('0', 'finite', 'inf'). Cor. 2 prints the condition
+    beta < 1 for dl/dpi+ -> 0; the rows show it holds at every beta (erratum '000-cor2')."""
+    out: dict[float, dict[str, Any]] = {}
+    for b in betas:
+        sub = {BETA: sp.Rational(repr(float(b)))}
+        lc = symbolic.leading_order(derived("dpo", "d_pi_plus").xreplace(sub), PI_M)
+        lr = symbolic.leading_order(derived("dpo", "d_pi_minus").xreplace(sub), PI_M)
+        out[float(b)] = {"exponent_plus": float(lc.exponent), "exponent_minus": float(lr.exponent),
+                         "d_pi_plus_limit": _tends(lc), "d_pi_minus_limit": _tends(lr),
+                         "ratio_limit": _tends(lr.over(lc))}
+    return out
+
+
+def field_002(x1: float, x2: float = 1.0, beta: float = 0.1) -> dict[str, float]:
+    """|dL/dx1| and |dL/dx2| of DPO in 002's coordinates at (x1, x2) (002 eq. 2, from the derivation)."""
+    pt = {X1: x1, X2: x2, BETA: beta, REF_P: 0.12, REF_M: 0.12}
+    d1 = _x_coords(derived("dpo", "d_pi_plus") * REF_P)
+    d2 = _x_coords(derived("dpo", "d_pi_minus") * REF_M)
+    return {"d_x1": abs(evaluate(d1, pt)), "d_x2": abs(evaluate(d2, pt))}
+
+
+@lru_cache(maxsize=None)
+def bdpo_not_detached() -> tuple[sp.Expr, sp.Expr]:
+    """bDPO's (dl/dpi+, dl/dpi-) with lambda_w = log pi- / (log pi+ + log pi-) (004 eq. 29) NOT detached:
+    :func:`prefdyn.symbolic.loss_expr` without stop-gradient (SG_LAMBDA_W replaced by its value) is
+    differentiated, so lambda_w's own derivative enters. The book (``prefdyn.losses.bdpo``) detaches it;
+    004 does not say which. The two differ by -sigma(-m) beta (h+ + h-) dlambda_w/dpi, which is 0 at
+    pi = pi_ref (h+ = h- = 0), where 004 Prop. 1 is stated."""
+    loss = symbolic.loss_expr("bdpo")
+    return sp.diff(loss, PI_P), sp.diff(loss, PI_M)
+
+
+def bdpo_detachment(pi_minus: Sequence[float], beta: float, pi_chosen: float, ref_chosen: float,
+                    ref_rejected: float) -> dict[str, dict[str, float]]:
+    """bDPO's gradients at each ``pi_minus`` (pi+ = ``pi_chosen``) with lambda_w detached (the book's
+    choice, :func:`gradients`) and not detached (:func:`bdpo_not_detached`), in high precision.
+
+    Returns ``{"detached": {...}, "not_detached": {...}}``, each with lists ``d_pi_plus``, ``d_pi_minus``
+    (signed) and ``ratio`` = |dl/dpi-| / |dl/dpi+|, one entry per ``pi_minus``.
+    """
+    g = gradients("bdpo")
+    forms = {"detached": (g.d_pi_c, g.d_pi_r), "not_detached": bdpo_not_detached()}
+    out: dict[str, dict[str, list]] = {}
+    for key, (gc, gr) in forms.items():
+        rows: dict[str, list] = {"d_pi_plus": [], "d_pi_minus": [], "ratio": []}
+        for pm in pi_minus:
+            pt = {PI_P: pi_chosen, PI_M: sp.Float(repr(float(pm)), 60) if float(pm) > 0 else pm,
+                  REF_P: ref_chosen, REF_M: ref_rejected, BETA: beta}
+            a, b = evaluate(gc, pt), evaluate(gr, pt)
+            rows["d_pi_plus"].append(a)
+            rows["d_pi_minus"].append(b)
+            rows["ratio"].append(abs(b) / abs(a) if a != 0 else float("inf"))
+        out[key] = rows
+    return out
+
+
+def detachment_limits(beta: float, pi_chosen: float, ref_chosen: float,
+                      ref_rejected: float) -> dict[str, dict[str, Any]]:
+    """What bDPO's |dl/dpi+| and |dl/dpi-| tend to as pi- -> 0 (pi+ = ``pi_chosen``) with lambda_w
+    detached and not (:func:`numeric_limit` of :func:`gradients` and :func:`bdpo_not_detached`):
+    ``{"detached": {...}, "not_detached": {...}}`` with ``d_pi_plus_limit``, ``d_pi_minus_limit`` and
+    ``q_plus``, the factor by which |dl/dpi+| changes from pi- = 1e-1000 to 1e-4000."""
+    g = gradients("bdpo")
+    pt = {BETA: sp.Rational(repr(float(beta))), PI_P: sp.Rational(repr(pi_chosen)),
+          REF_P: sp.Rational(repr(ref_chosen)), REF_M: sp.Rational(repr(ref_rejected))}
+    out = {}
+    for key, (gc, gr) in (("detached", (g.d_pi_c, g.d_pi_r)), ("not_detached", bdpo_not_detached())):
+        lc, lr = numeric_limit(gc.xreplace(pt), {}), numeric_limit(gr.xreplace(pt), {})
+        out[key] = {"d_pi_plus_limit": lc["limit"], "d_pi_minus_limit": lr["limit"], "q_plus": lc["q"]}
+    return out
+
+
+# ============================================================================ matched beta
+#: The losses whose temperature is the chapter's ``beta_balanced`` (004's balanced family), and those whose
+#: temperature is ``beta``; flex-beta DPO (beta+, beta-) and SLiC have neither.
+BALANCED = ("nbdpo", "nbdpo_v2", "bdpo")
+
+
+#: The two depths of pi- at which :func:`numeric_limit` reads a limit (mpmath has no float underflow).
+DEEP = (sp.Float("1e-1000", 30), sp.Float("1e-4000", 30))
+
+
+def numeric_limit(expr: sp.Expr, point: Mapping[sp.Symbol, Any], t: sp.Symbol = PI_M) -> dict[str, Any]:
+    """What |expr| tends to as ``t -> 0`` ('0', 'finite', 'inf'), read from its values at ``t`` = 1e-1000
+    and 1e-4000 (:data:`DEEP`, high precision) with the other symbols at ``point``.
+
+    A leading term c t^e |log t|^k gives the slope e' = d log|expr| / d log t = e + O(k / 1e4) and the
+    ratio q = |expr(1e-4000)| / |expr(1e-1000)| = 4^k t-ratio^e: e' > 2e-3 -> '0', e' < -2e-3 -> 'inf',
+    else (e = 0) q decides: 4^k with k < 0 -> '0', k = 0 -> 'finite', k > 0 -> 'inf'. An exact 0 is '0'.
+    Exact for the leading terms of the book's losses (powers of t times powers of log t; a test checks it
+    against :func:`prefdyn.symbolic.leading_order` for every loss). Returns the verdict, the slope, q and
+    the two values."""
+    vals = [abs(_n(expr, {**point, t: d})) for d in DEEP]
+    if vals[0] == 0 and vals[1] == 0:
+        return {"limit": "0", "slope": None, "q": None, "values": [0.0, 0.0]}
+    q = vals[1] / vals[0]
+    slope = float(sp.log(q) / (sp.log(DEEP[1]) - sp.log(DEEP[0])))
+    if slope > 2e-3:
+        verdict = "0"
+    elif slope < -2e-3:
+        verdict = "inf"
+    else:
+        verdict = "0" if q < 0.5 else ("inf" if q > 2 else "finite")
+    return {"limit": verdict, "slope": slope, "q": float(q), "values": [_plain_value(v) for v in vals]}
+
+
+def path_limits(name: str, params: Mapping[str, Any], pi_chosen: float, ref_chosen: float,
+                ref_rejected: float) -> dict[str, str]:
+    """:func:`numeric_limit` of |dl/dpi+| and |dl/dpi-| of loss ``name`` (:func:`gradients`, ``params``
+    substituted) along the chapter's path, pi+ = ``pi_chosen``, as pi- -> 0."""
+    g = gradients(name)
+    pt = {**_param_subs(name, params), PI_P: sp.Rational(repr(pi_chosen)), REF_P: sp.Rational(repr(ref_chosen)),
+          REF_M: sp.Rational(repr(ref_rejected))}
+    return {"d_pi_plus_limit": numeric_limit(g.d_pi_c.xreplace(pt), {})["limit"],
+            "d_pi_minus_limit": numeric_limit(g.d_pi_r.xreplace(pt), {})["limit"]}
+
+
+def matched_beta(losses: Sequence[str], params: Mapping[str, Any], betas: Sequence[float],
+                 pi_chosen: float, ref_chosen: float, ref_rejected: float,
+                 pi_rejected_end: float) -> dict[float, dict[str, dict[str, Any]]]:
+    """The losses compared at matched temperatures: for each ``b`` in ``betas``, every loss with
+    ``beta = beta_balanced = b`` (the chapter's other parameters ``params`` unchanged). 004 runs the
+    balanced family at beta = 1 (App. B) and 000 DPO at 0.1; this compares like with like.
+
+    Per beta and loss: ``d_pi_plus_limit``, ``d_pi_minus_limit`` (:func:`path_limits`: read numerically
+    deep in the limit, since sympy's limits take minutes for bDPO at beta = 0.1) and ``ratio_at_end``,
+    |dl/dpi-| / |dl/dpi+| at pi- = ``pi_rejected_end`` (torch, :func:`gradient_path`)."""
+    out: dict[float, dict[str, dict[str, Any]]] = {}
+    for b in betas:
+        ps = loss_params({**params, "beta": float(b), "beta_balanced": float(b)}, losses)
+        rows = {}
+        for name in losses:
+            row = path_limits(name, ps[name], pi_chosen, ref_chosen, ref_rejected)
+            path = gradient_path(name, ps[name], pi_chosen, ref_chosen, ref_rejected, pi_rejected_end, 2)
+            a, c = abs(float(path["d_pi_plus"][-1])), abs(float(path["d_pi_minus"][-1]))
+            row["ratio_at_end"] = c / a if a > 0 else float("inf")
+            rows[name] = row
+        out[float(b)] = rows
+    return out

@@ -27,7 +27,8 @@ from matplotlib.ticker import LogLocator, NullFormatter
 
 from ..losses import LOSS_SOURCES
 from ..plotting import ROLE_COLORS, loss_label, small_multiples
-from ..printed import (ALPHA_FLEX, BETA_M, BETA_P, C_SYM, ERRATA, ERRATA_BY_ID, PAPERS, PI_M, PI_P,
+from ..printed import (ALPHA_FLEX, BETA_M, BETA_P, C_SYM, CONSEQUENCE_CLASSES, ERRATA, ERRATA_BY_ID, PAPERS,
+                       PI_M, PI_P,
                        PRINTED_BY_KEY, Erratum, Note, display_latex, gradients, latex, printed_agreement)
 from ..results import fmt
 from ..tables import Table, cell_text
@@ -50,6 +51,13 @@ __all__ = [
     "errata_text",
     "plot_gradient_paths",
     "note_markdown",
+    "ranking_view",
+    "corollary2_view",
+    "field_002_view",
+    "detachment_view",
+    "matched_view",
+    "conditional_row",
+    "detachment_markdown",
 ]
 
 # ---------------------------------------------------------------- display names
@@ -493,3 +501,104 @@ def note_markdown(note: Note, fmt: Callable[[Any], str]) -> str:
     lines.append(":::")
     return "\n".join(lines)
 
+
+
+# ---------------------------------------------------------------- errata the book had missed; matched beta
+def ranking_view(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """The errata ranked by consequence (:func:`~prefdyn.printed.errata_ranking`): one row per erratum,
+    labelled like its box (number and paper), most consequential first (3 columns)."""
+    body = [(f"{r['number']} ({r['paper']})", [r["where"], f"{r['rank']}: {r['consequence']}", r["reason"]])
+            for r in rows]
+    classes = "; ".join(f"{k} {v}" for k, v in CONSEQUENCE_CLASSES.items())
+    return Table(["where", "consequence (rank)", "why"], body, corner="erratum",
+                 note=f"rank 1 = most consequential: {classes}.")
+
+
+def corollary2_view(lims: Mapping[float, Mapping[str, Any]]) -> Table:
+    """000 Cor. 2 at several beta (:func:`~prefdyn.printed.corollary2_limits`): the exponents of pi- in
+    the leading terms of DPO's two gradients and the limits as pi- -> 0 (5 columns)."""
+    body = [(f"β = {fmt(b)}", [r["exponent_plus"], _TENDS_TEXT[r["d_pi_plus_limit"]], r["exponent_minus"],
+                               _TENDS_TEXT[r["d_pi_minus_limit"]], _TENDS_TEXT[r["ratio_limit"]]])
+            for b, r in lims.items()]
+    return Table(["exponent, ∂ℓ/∂π⁺", "|∂ℓ/∂π⁺| →", "exponent, ∂ℓ/∂π⁻", "|∂ℓ/∂π⁻| →", "ratio →"], body,
+                 corner="DPO", note="exponent: of π⁻ in the leading term as π⁻ → 0; "
+                                    "ratio = |∂ℓ/∂π⁻| / |∂ℓ/∂π⁺|.")
+
+
+def field_002_view(values: Mapping[float, Mapping[str, float]], x2: float, beta: float) -> Table:
+    """002's gradient field at falling x1 (:func:`~prefdyn.printed.field_002`; 2 columns)."""
+    body = [(f"x₁ = {fmt(x1)}", [v["d_x1"], v["d_x2"]]) for x1, v in values.items()]
+    return Table(["|∂L/∂x₁|", "|∂L/∂x₂|"], body, corner="002, DPO",
+                 note=f"at x₂ = {fmt(x2)}, β = {fmt(beta)} (002 eq. 2).")
+
+
+def detachment_view(res: Mapping[str, Mapping[str, Sequence[float]]], pi_minus: Sequence[float]) -> Table:
+    """bDPO with lambda_w detached and not (:func:`~prefdyn.printed.bdpo_detachment`; 4 columns)."""
+    d, n = res["detached"], res["not_detached"]
+    body = [(f"π⁻ = {fmt(pm)}", [d["d_pi_plus"][k], n["d_pi_plus"][k], d["ratio"][k], n["ratio"][k]])
+            for k, pm in enumerate(pi_minus)]
+    return Table(["∂ℓ/∂π⁺, sg[λ_w]", "∂ℓ/∂π⁺, λ_w", "ratio, sg[λ_w]", "ratio, λ_w"], body, corner="bDPO",
+                 note="sg[λ_w]: λ_w detached (the book's choice); λ_w: not detached. "
+                      "ratio = |∂ℓ/∂π⁻| / |∂ℓ/∂π⁺|.")
+
+
+def matched_view(matched: Mapping[float, Mapping[str, Mapping[str, Any]]]) -> Table:
+    """The limits as pi- -> 0 of both gradients of every loss at matched beta
+    (:func:`~prefdyn.printed.matched_beta`): two columns per beta."""
+    betas = list(matched)
+    names = list(matched[betas[0]])
+    cols, body = [], []
+    for b in betas:
+        cols += [f"|∂ℓ/∂π⁺| →, β = {fmt(b)}", f"|∂ℓ/∂π⁻| →, β = {fmt(b)}"]
+    for n in names:
+        cells = []
+        for b in betas:
+            r = matched[b][n]
+            cells += [_TENDS_TEXT[r["d_pi_plus_limit"]], _TENDS_TEXT[r["d_pi_minus_limit"]]]
+        body.append((loss_label(n), cells))
+    return Table(cols, body, corner="loss",
+                 note="β = beta = beta_balanced; flex-β DPO (β⁺, β⁻) and SLiC have no β and repeat.")
+
+
+def conditional_row(matched: Mapping[float, Mapping[str, Mapping[str, Any]]], name: str,
+                    key: str = "d_pi_minus_limit", value: str = "finite", against: str = "dpo") -> str:
+    """A comparison-table row ('<loss>: <gradient> -> <value>') restated with its condition: at which of
+    the matched betas it holds, and whether ``against`` (DPO) has the same limit at the same beta. Every
+    verdict is computed from ``matched`` (:func:`~prefdyn.printed.matched_beta`)."""
+    grad = {"d_pi_minus_limit": "|∂ℓ/∂π⁻|", "d_pi_plus_limit": "|∂ℓ/∂π⁺|"}[key]
+    betas = list(matched)
+    holds = [b for b in betas if matched[b][name][key] == value]
+    fails = [b for b in betas if b not in holds]
+
+    def at(bs, who):
+        return ", ".join(f"β = {fmt(b)} (→ {_TENDS_TEXT[matched[b][who][key]]})" for b in bs) or "no β"
+
+    same = [b for b in betas if matched[b][name][key] == matched[b][against][key]]
+    text = (f"**{loss_label(name)}: {grad} → {_TENDS_TEXT[value]}** holds at {at(holds, name)}"
+            f" and fails at {at(fails, name)}. {loss_label(against)} at the same β: {at(betas, against)}. ")
+    if len(same) == len(betas):
+        text += (f"At every β compared the two limits agree, so the row follows β, not the balancing of "
+                 f"{loss_label(name)}.")
+    else:
+        text += (f"The limits differ at {', '.join('β = ' + fmt(b) for b in betas if b not in same)}: "
+                 f"there the row is {loss_label(name)}'s own.")
+    return md_escape(text).replace(r"\*\*", "**")
+
+
+def detachment_markdown(lims: Mapping[str, Mapping[str, Any]]) -> str:
+    """bDPO's limits as pi- -> 0 with lambda_w detached and not
+    (:func:`~prefdyn.printed.detachment_limits`), and what they mean for the comparison table's bDPO row;
+    every verdict computed from ``lims``."""
+    d, n = lims["detached"], lims["not_detached"]
+    text = (f"As π⁻ → 0 along the path: with sg[λ_w], |∂ℓ/∂π⁺| → {_TENDS_TEXT[d['d_pi_plus_limit']]} and "
+            f"|∂ℓ/∂π⁻| → {_TENDS_TEXT[d['d_pi_minus_limit']]}; with λ_w not detached, |∂ℓ/∂π⁺| → "
+            f"{_TENDS_TEXT[n['d_pi_plus_limit']]} and |∂ℓ/∂π⁻| → {_TENDS_TEXT[n['d_pi_minus_limit']]}.")
+    if n["d_pi_plus_limit"] == "0" and n["q_plus"] is not None:
+        text += (f" Without detaching, |∂ℓ/∂π⁺| falls slowly: from π⁻ = 1e-1000 to 1e-4000 (|log π⁻| four "
+                 f"times larger) it changes by the factor {fmt(n['q_plus'])}.")
+    if d["d_pi_plus_limit"] != n["d_pi_plus_limit"]:
+        text += (f" So the comparison table's row 'bDPO: |∂ℓ/∂π⁺| → {_TENDS_TEXT[d['d_pi_plus_limit']]}' "
+                 "holds only if λ_w is detached: the book's assumption, not 004's equations, decides it.")
+    else:
+        text += " The two choices agree on this limit."
+    return md_escape(text)
