@@ -261,6 +261,7 @@ register(Chapter(
         Param("drop_orders", "float", 2.0, "Drastic drop present when π(rejected) fell by at least this many orders of magnitude", low=0.0, low_open=True, high=100.0),
         Param("degradation_threshold", "float", 0.05, "Degradation present when π(chosen) ends at least this fraction below its peak", low=0.0, low_open=True, high=1.0),
         Param("dispersion_threshold", "float", 0.05, "Dispersion present when the mass on responses never paired with the prompt grew by at least this much", low=0.0, low_open=True, high=1.0),
+        READING,
     ],
     tolerances=TOY_TOLERANCES_NEAR_UNDERFLOW,
 ))
