@@ -468,3 +468,11 @@ def test_prop1_series_tests_within_a_series_over_seeds():
         assert r["agrees_with_prop1"] == ((r["lo"] > 0) if r["predicted_sign"] > 0 else (r["hi"] < 0))
     with pytest.raises(ValueError, match="three"):
         toy.prop1_series(run, {"short": ["r0.005", "r0.02"]})
+
+
+def test_first_step_transfer_is_zero_for_free_logits_and_large_for_the_mlp():
+    kw = dict(seeds=2, steps=1, sft_steps=50, device="cpu", progress=False)
+    assert toy.first_step_transfer(toy.train("dpo", policy="tabular", **kw)) == 0.0
+    shared = toy.first_step_transfer(toy.train("dpo", init={"scenario": "s1", "reading": "shared"}, hidden=16, **kw))
+    own = toy.first_step_transfer(toy.train("dpo", init={"scenario": "s1", "reading": "own"}, hidden=16, **kw))
+    assert 0 < own < shared <= 1.0 + 1e-9

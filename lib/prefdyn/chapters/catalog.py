@@ -281,6 +281,7 @@ register(Chapter(
         Param("clip", "float", 0.2, "PPO: clip range ε of the ratio", low=0.0, low_open=True, high=10.0),
         Param("baseline", "str", "loo", "PPO: baseline subtracted from the KL-shaped reward", choices=["loo", "exact", "none"]),
         Param("sweep_betas", "list[float]", [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], "β values of the closed-form optimum π0·exp(r/β)/Z plotted for the trained reward models", low=0.0, low_open=True, high=1000.0),
+        READING,
     ],
     tolerances=TOY_TOLERANCES,
 ))

@@ -90,7 +90,8 @@ from .rng import counter_uniform, hash_keys
 from .space import (READINGS, SCENARIO_LABELS, SCENARIOS, ToySpec, initial_distribution, other_probability,
                     resolve_init, sample_rejected, scenario_distribution)
 from .sensitivity import FACTORS, SENSITIVITY_KEYS, Variant, scenario_sensitivity, scenario_variants
-from .train import ToyConfig, ToyRun, feature_overlap, logit_change, output_change, run_grid, sft, train
+from .train import (ToyConfig, ToyRun, feature_overlap, first_step_transfer, logit_change, output_change, run_grid,
+                    sft, train)
 from .verdicts import (EXTREMES, PHASE_CHECKS, PROP1_SIGNS, SCENARIO_CLAIMS, THREE_D_LABELS, falls_further,
                        matched_removal, matched_removal_reading, phase_checks, prop1_series, prop1_test, removed_by,
                        scenario_claims, three_d)
@@ -100,7 +101,7 @@ __all__ = [
     "sample_rejected", "counter_uniform", "hash_keys",
     "BatchedPolicy", "TabularPolicy", "MLPPolicy", "POLICIES", "ACTIVATIONS", "make_policy", "as_seeds",
     "log_softmax_responses", "BatchedAdam", "BatchedSGD", "OPTIMIZERS", "make_optimizer",
-    "sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change",
+    "sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change", "first_step_transfer",
     "Variant", "FACTORS", "SENSITIVITY_KEYS", "scenario_variants", "scenario_sensitivity",
     "three_d", "THREE_D_LABELS", "removed_by", "PHASE_CHECKS", "phase_checks", "EXTREMES", "SCENARIO_CLAIMS",
     "scenario_claims", "PROP1_SIGNS", "prop1_test", "prop1_series", "matched_removal", "matched_removal_reading",

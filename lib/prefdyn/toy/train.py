@@ -19,7 +19,7 @@ from .optim import OPTIMIZERS, make_optimizer
 from .policy import POLICIES, BatchedPolicy, TabularPolicy, as_seeds, make_policy
 from .space import ToySpec, resolve_init, sample_rejected
 
-__all__ = ["sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change"]
+__all__ = ["sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change", "first_step_transfer"]
 
 
 def sft(policy: BatchedPolicy, target, *, steps: int = 500, lr: float = 1e-2, optimizer: str = "adam",
@@ -431,4 +431,31 @@ def logit_change(run: ToyRun, config: int | str = 0) -> float:
         z0, z1 = (pol.forward(p).to(torch.float64).cpu()[mem] for p in (start, None))
         d = (z1 - z1.mean(-1, keepdim=True)) - (z0 - z0.mean(-1, keepdim=True))
     return float(d.abs().amax(-1).mean())
+
+
+def first_step_transfer(run: ToyRun, config: int | str = 0) -> float:
+    """How much a push on response ``q`` at prompt ``q`` raises ``q`` at the other prompts, after SFT, to
+    first order: for a small gradient step that raises ``log pi(q|q)`` (its gradient ``g_qq`` over all
+    parameters), the change of ``log pi(q|p)`` is ``lr * g_qp . g_qq``; the transfer is
+    ``g_qp . g_qq / |g_qq|^2``, averaged over ``q``, the other prompts ``p`` and the members. 1 means the
+    other prompts gain as much as the pushed one, 0 nothing (the tabular policy)."""
+    if run.init_params is None:
+        raise ValueError("run: expected a run of run_grid (it keeps the post-SFT parameters)")
+    mem = run.members_of(config)
+    pol = run.policy
+    start = {k: torch.as_tensor(v).to(device=pol.device, dtype=torch.float64).requires_grad_(True)
+             for k, v in run.init_params.items()}
+    leaves = list(start.values())
+    P = run.spec.n_prompts
+    with torch.enable_grad():
+        logp = torch.log_softmax(pol.forward(start).to(torch.float64), -1)              # [M, P, R]
+        grads = []
+        for p in range(P):
+            for q in range(P):
+                g = torch.autograd.grad(logp[:, p, q].sum(), leaves, retain_graph=True)
+                grads.append(torch.cat([x.reshape(len(x), -1) for x in g], dim=1))       # [M, n_params]
+    g = torch.stack(grads).view(P, P, len(grads[0]), -1)                                  # [p, q, M, N]
+    own = torch.stack([g[q, q] for q in range(P)])                                        # [q, M, N]
+    ratios = [(g[p, q] * own[q]).sum(-1) / (own[q] * own[q]).sum(-1) for q in range(P) for p in range(P) if p != q]
+    return float(torch.stack(ratios)[:, torch.as_tensor(mem)].mean())
 
