@@ -301,8 +301,8 @@ def test_notes_show_the_missing_conditions():
     assert r["rate at x1 = x2 = 1"] == pytest.approx(1.0, rel=1e-12)  # not < 1 at pi = pi_ref
     assert r["rate at x1 = 0.5, x2 = 2"] == pytest.approx(4.0, rel=1e-12)  # x2/x1
     r = n["004-cor1"].check()
-    assert r["|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.1, pi_l = 0.3"] == pytest.approx(3.0, rel=1e-12)  # positively imbalanced
-    assert r["|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.3, pi_l = 0.1"] == pytest.approx(1 / 3, rel=1e-12)
+    assert r["the ratio |dL/dpi_w|/|dL/dpi_l| at pi_w = 0.1, pi_l = 0.3"] == pytest.approx(3.0, rel=1e-12)  # positively imbalanced
+    assert r["the ratio |dL/dpi_w|/|dL/dpi_l| at pi_w = 0.3, pi_l = 0.1"] == pytest.approx(1 / 3, rel=1e-12)
 
 
 def test_display_latex_uses_powers_not_roots():

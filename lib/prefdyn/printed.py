@@ -651,7 +651,7 @@ PRINTED: list[Printed] = [
             -BETA * X2 ** BETA / (X1 * (X1 ** BETA + X2 ** BETA)), lambda: _x_coords(derived("dpo", "d_pi_plus") * REF_P)),
     Printed("002 eq. 2/4 dL/dx2", "002 Theorem 1, eq. 2 (= Theorem 2, eq. 4)", "dL/dx2",
             BETA * X2 ** (BETA - 1) / (X1 ** BETA + X2 ** BETA), lambda: _x_coords(derived("dpo", "d_pi_minus") * REF_M)),
-    Printed("002 Cor. 1 (eq. 3)", "002 Corollary 1, eq. 3", "|dL/dx1 / dL/dx2| = x2/x1",
+    Printed("002 Cor. 1 (eq. 3)", "002 Corollary 1, eq. 3", "the rate ratio |dL/dx1 / dL/dx2| = x2/x1",
             X2 / X1, lambda: sp.Abs(_x_coords(derived("dpo", "d_pi_plus") * REF_P / (derived("dpo", "d_pi_minus") * REF_M)))),
     Printed("002 eq. 5 (first line)", "002 App. A, eq. 5, first line", "dL/dx1, unsimplified",
             -(X1 ** BETA + X2 ** BETA) / X1 ** BETA * (BETA * X1 ** (BETA - 1) / (X1 ** BETA + X2 ** BETA)
@@ -670,7 +670,7 @@ PRINTED: list[Printed] = [
             _d("dpo", "loss")),
     Printed("004 eq. 2", "004 Sec. 3.1, eq. 2", "(dL/dpi_w) / (dL/dpi_l) = -pi_l/pi_w",
             -PI_M / PI_P, lambda: derived("dpo", "d_pi_plus") / derived("dpo", "d_pi_minus")),
-    Printed("004 eq. 3 (balance)", "004 Sec. 3.1, after eq. 3", "|dL_R/dr_w| = |dL_R/dr_l| (as the ratio of the two)",
+    Printed("004 eq. 3 (balance)", "004 Sec. 3.1, after eq. 3", "balance: |dL_R/dr_w| = |dL_R/dr_l| (as the ratio of the two)",
             sp.Integer(1), lambda: sp.Abs(_RM.d_r_c) / sp.Abs(_RM.d_r_r)),
     Printed("004 eq. 5", "004 Sec. 3.1, eq. 5", "dL_ppo/dpi(y) of eq. 4 as printed (the KL-regularised return J)",
             R1 - BETA * sp.log(Q1 / QREF1) - BETA,
@@ -1148,8 +1148,8 @@ NOTES: list[Note] = [
          "standard DPO loss is negatively imbalanced",
          "By 004 eq. 2, |dL/dpi_w| / |dL/dpi_l| = pi_l/pi_w: DPO is negatively imbalanced only where "
          "pi_w > pi_l; where the preferred response is the less likely one it is positively imbalanced.",
-         lambda: {"|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.3, pi_l = 0.1": _imbalance_004(0.3, 0.1),
-                  "|dL/dpi_w|/|dL/dpi_l| at pi_w = 0.1, pi_l = 0.3": _imbalance_004(0.1, 0.3)}),
+         lambda: {"the ratio |dL/dpi_w|/|dL/dpi_l| at pi_w = 0.3, pi_l = 0.1": _imbalance_004(0.3, 0.1),
+                  "the ratio |dL/dpi_w|/|dL/dpi_l| at pi_w = 0.1, pi_l = 0.3": _imbalance_004(0.1, 0.3)}),
     Note("004-thm3", "004 Theorem 3, third statement",
          "if y* is a local extremum of w and y* > mu_q, then an extremum of w pi lies in (y*, mu_p)",
          "With mu_p <= mu_q < y* that interval is empty; the condition must read y* < mu_p, as the proof "
