@@ -367,6 +367,16 @@ def _preference_train(pol: BatchedPolicy, groups, *, steps: int, lr, optimizer: 
     return records, np.asarray(rec_idx), probs
 
 
+def _sft_params(run: ToyRun, *, mlp: bool = False, dtype=None) -> dict[str, torch.Tensor]:
+    """The post-SFT parameters a run kept, as tensors on the policy's device (``dtype``: the policy's);
+    a one-line ``ValueError`` for a run without them (or, with ``mlp``, one that is not an MLP)."""
+    if run.init_params is None or (mlp and "W3" not in run.init_params):
+        what = "an MLP run" if mlp else "a run"
+        raise ValueError(f"run: expected {what} of run_grid (it keeps the post-SFT parameters)")
+    pol = run.policy
+    return {k: torch.as_tensor(v).to(device=pol.device, dtype=dtype or pol.dtype) for k, v in run.init_params.items()}
+
+
 def output_change(run: ToyRun, config: int | str = 0) -> dict[str, dict[str, float]]:
     """How far preference training moved the MLP's output layer, per block of responses: the largest
     ``|W3[:, :, a]_final - W3[:, :, a]_SFT|`` over the configuration's members and the hidden units, and
@@ -379,8 +389,7 @@ def output_change(run: ToyRun, config: int | str = 0) -> dict[str, dict[str, flo
     receive no gradient, up to float rounding in the sum over the pairs, and the unseen responses can only
     gain or lose mass through the shared hidden features and the other logits.
     """
-    if run.init_params is None or "W3" not in run.init_params:
-        raise ValueError("run: expected an MLP run of run_grid (it keeps the post-SFT parameters)")
+    _sft_params(run, mlp=True)
     mem = run.members_of(config)
     spec = run.spec
     final = {k: run.policy.params[k].detach().cpu().numpy()[mem] for k in ("W3", "b3")}
@@ -402,11 +411,9 @@ def feature_overlap(run: ToyRun, config: int | str = 0) -> dict[str, float]:
     configuration's members and the prompt pairs, after SFT (``"sft"``) and after preference training
     (``"final"``). Near 1, a push on a response's logit for one prompt moves it for every prompt (the
     shared network's route for Dispersion onto other prompts' responses)."""
-    if run.init_params is None or "W3" not in run.init_params:
-        raise ValueError("run: expected an MLP run of run_grid (it keeps the post-SFT parameters)")
+    start = _sft_params(run, mlp=True)
     mem = torch.as_tensor(run.members_of(config))
     pol = run.policy
-    start = {k: torch.as_tensor(v).to(device=pol.device, dtype=pol.dtype) for k, v in run.init_params.items()}
     P = run.spec.n_prompts
     off = ~torch.eye(P, dtype=torch.bool)
     out = {}
@@ -422,11 +429,9 @@ def logit_change(run: ToyRun, config: int | str = 0) -> float:
     change of a logit centred over the responses (the softmax ignores a shift), averaged over the
     configuration's members and prompts. Comparable between the MLP and the tabular policy (matched
     controls: at equal ``lr`` Adam moves a free logit by about ``lr`` per update)."""
-    if run.init_params is None:
-        raise ValueError("run: expected a run of run_grid (it keeps the post-SFT parameters)")
+    start = _sft_params(run)
     mem = torch.as_tensor(run.members_of(config))
     pol = run.policy
-    start = {k: torch.as_tensor(v).to(device=pol.device, dtype=pol.dtype) for k, v in run.init_params.items()}
     with torch.no_grad():
         z0, z1 = (pol.forward(p).to(torch.float64).cpu()[mem] for p in (start, None))
         d = (z1 - z1.mean(-1, keepdim=True)) - (z0 - z0.mean(-1, keepdim=True))
@@ -439,12 +444,9 @@ def first_step_transfer(run: ToyRun, config: int | str = 0) -> float:
     parameters), the change of ``log pi(q|p)`` is ``lr * g_qp . g_qq``; the transfer is
     ``g_qp . g_qq / |g_qq|^2``, averaged over ``q``, the other prompts ``p`` and the members. 1 means the
     other prompts gain as much as the pushed one, 0 nothing (the tabular policy)."""
-    if run.init_params is None:
-        raise ValueError("run: expected a run of run_grid (it keeps the post-SFT parameters)")
+    start = {k: v.requires_grad_(True) for k, v in _sft_params(run, dtype=torch.float64).items()}
     mem = run.members_of(config)
     pol = run.policy
-    start = {k: torch.as_tensor(v).to(device=pol.device, dtype=torch.float64).requires_grad_(True)
-             for k, v in run.init_params.items()}
     leaves = list(start.values())
     P = run.spec.n_prompts
     with torch.enable_grad():
