@@ -66,18 +66,19 @@ def test_bench_reference_loop_is_the_batched_trainer_per_member():
         assert float((ref["final_probs"] - start[m]).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "silu"])
+@pytest.mark.parametrize("activation,depth", [("relu", 2), ("tanh", 2), ("gelu", 2), ("silu", 2), ("linear", 2),
+                                              ("relu", 1), ("tanh", 3)])
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
-def test_member_module_is_the_member(activation, dtype, atol):
+def test_member_module_is_the_member(activation, depth, dtype, atol):
     spec = toy.ToySpec()
-    pol = toy.MLPPolicy(spec, [2, 11, 4, 7], hidden=16, activation=activation, device="cpu", dtype=dtype)
+    pol = toy.MLPPolicy(spec, [2, 11, 4, 7], hidden=16, activation=activation, depth=depth, device="cpu", dtype=dtype)
     with torch.no_grad():                                       # move off the init: any current weights work
         for p in pol.param_list():
             p.mul_(1.7).add_(0.05)
     out = pol.forward().detach()
     for m in (0, 2, 3):
         mod = pol.member_module(m)
-        assert isinstance(mod, torch.nn.Sequential) and len(mod) == 5
+        assert isinstance(mod, torch.nn.Sequential) and len(mod) == 2 * depth + 1
         assert isinstance(mod[1], toy.ACTIVATIONS[activation][1])
         with torch.no_grad():
             y = mod(torch.eye(spec.n_prompts, dtype=dtype))

@@ -448,11 +448,17 @@ def test_scenario_variants_one_change_each():
     vs = toy.scenario_variants(list(toy.FACTORS), reading="shared", other_ratios=[0.9, 0.5], lr=1e-4,
                                sgd_lr=1.0, hidden=64, steps=1000, beta=0.1, p_off=0.01)
     assert [v.factor for v in vs[:2]] == ["baseline", "reading"] and vs[1].init == {"reading": "own"}
-    assert len(vs) == 2 + 2 + len(toy.FACTORS) - 1
+    # two other ratios, two activations, two depths, two init scales; one variant for every other factor
+    assert len(vs) == 2 + 2 + 2 + 2 + 2 + len(toy.FACTORS) - 4
     assert all(len(v.run) + len(v.init) + len(v.loss) == (0 if v.factor == "baseline" else
                2 if v.factor == "optimiser" else 1) for v in vs)
+    by = {(v.factor, v.value): v for v in vs}
+    assert by[("activation", "linear")].run == {"activation": "linear"}
+    assert by[("hidden layers", "3")].run == {"depth": 3}
+    assert by[("initial weight scale", "2x")].run == {"init_scale": 2.0}
+    assert by[("pair set", "fixed (step-0 draw)")].run == {"pairs": "fixed"}
     with pytest.raises(ValueError, match="factors"):
-        toy.scenario_variants(["depth"], reading="own", other_ratios=[], lr=1e-4, sgd_lr=1.0, hidden=64,
+        toy.scenario_variants(["width"], reading="own", other_ratios=[], lr=1e-4, sgd_lr=1.0, hidden=64,
                               steps=1000, beta=0.1, p_off=0.01)
 
 
@@ -476,3 +482,18 @@ def test_first_step_transfer_is_zero_for_free_logits_and_large_for_the_mlp():
     shared = toy.first_step_transfer(toy.train("dpo", init={"scenario": "s1", "reading": "shared"}, hidden=16, **kw))
     own = toy.first_step_transfer(toy.train("dpo", init={"scenario": "s1", "reading": "own"}, hidden=16, **kw))
     assert 0 < own < shared <= 1.0 + 1e-9
+
+
+def test_matched_beta_table_compares_at_the_same_beta():
+    yes = {"drastic_drop": True, "degradation": True, "dispersion": True}
+    no_deg = {**yes, "degradation": False}
+    none = dict.fromkeys(yes, False)
+    # at beta 1 DPO has lost its degradation; nbdpo keeps nothing; the reference row compares with beta 0.1
+    t = toy.matched_beta_table({"dpo": no_deg, "nbdpo": none}, yes, 1.0, 0.1, label=str.upper)
+    rows = {r[0]: r[1] for r in t.rows}
+    assert rows["DPO"][-1] == "degradation" and rows["NBDPO"][-1] == "drastic drop, dispersion"
+    assert rows["NBDPO"][:3] == [False, False, False] and "β = 1" in t.title
+    same = toy.matched_beta_table({"dpo": yes, "ipo": no_deg}, yes, 0.1, 0.1)
+    assert {r[0]: r[1][-1] for r in same.rows} == {"dpo": "(reference)", "ipo": "degradation"}
+    with pytest.raises(ValueError, match="reference"):
+        toy.matched_beta_table({"ipo": yes}, yes, 0.1, 0.1)

@@ -29,10 +29,12 @@ def _autograd(pol, g):
     return z.detach(), torch.autograd.grad(z, params, g)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "silu"])
-def test_mlp_vjp_is_autograd(activation):
+@pytest.mark.parametrize("activation,depth", [("relu", 2), ("tanh", 2), ("gelu", 2), ("silu", 2), ("linear", 2),
+                                              ("relu", 1), ("tanh", 3), ("linear", 4)])
+def test_mlp_vjp_is_autograd(activation, depth):
     spec = toy.ToySpec()
-    pol = _moved(toy.MLPPolicy(spec, [1, 4, 6], hidden=12, activation=activation, device="cpu", dtype=torch.float64))
+    pol = _moved(toy.MLPPolicy(spec, [1, 4, 6], hidden=12, activation=activation, depth=depth, device="cpu",
+                               dtype=torch.float64))
     g = torch.randn(3, spec.n_prompts, spec.n_responses, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     z_ref, grads_ref = _autograd(pol, g)
     work = {}
@@ -48,7 +50,38 @@ def test_mlp_vjp_is_autograd(activation):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
             if use_out:                                             # written into the given tensors
                 assert all(a.data_ptr() == o.data_ptr() for a, o in zip(grads, out))
-    assert {"a1", "h1", "a2", "h2", "z", "g_h2", "g_a2", "g_h1"} <= set(work)
+    hidden = {f"{k}{i}" for i in range(1, depth + 1) for k in ("a", "h", "g_h")}
+    assert hidden | {"z"} | {f"g_a{i}" for i in range(2, depth + 1)} <= set(work)
+    assert len(grads) == 2 * depth + 2 and pol.output_layer == (f"W{depth + 1}", f"b{depth + 1}")
+
+
+def test_mlp_depth_and_init_scale():
+    """depth = number of hidden layers (the paper's network is depth 2); init_scale multiplies every
+    initial bound, so the same seeds give the same weights times the factor; bad values are refused."""
+    spec = toy.ToySpec()
+    shapes = {n: s for n, s, _ in toy.MLPPolicy(spec, [0], hidden=5, depth=3, device="cpu").layout}
+    assert shapes == {"W1": (4, 5), "b1": (1, 5), "W2": (5, 5), "b2": (1, 5), "W3": (5, 5), "b3": (1, 5),
+                      "W4": (5, 10), "b4": (1, 10)}
+    a = toy.MLPPolicy(spec, [3, 5], hidden=7, device="cpu", dtype=torch.float64)
+    b = toy.MLPPolicy(spec, [3, 5], hidden=7, init_scale=0.25, device="cpu", dtype=torch.float64)
+    torch.testing.assert_close(b.flat(), 0.25 * a.flat(), rtol=1e-15, atol=0)
+    for kw, msg in (({"depth": 0}, "depth"), ({"init_scale": 0.0}, "init_scale"), ({"activation": "elu"}, "activation")):
+        with pytest.raises(ValueError, match=msg):
+            toy.MLPPolicy(spec, [0], **kw)
+
+
+def test_fixed_pairs_reuse_the_step_zero_draw():
+    """pairs="fixed" trains on one set of pairs (the step-0 draw of "fresh"); "fresh" draws new ones."""
+    kw = dict(steps=6, hidden=6, sft_steps=5, progress=False, device="cpu", dtype=torch.float64)
+    cfg = [toy.ToyConfig("dpo", {"beta": 0.5})]
+    fixed = toy.run_grid(cfg, 2, pairs="fixed", **kw)
+    fresh = toy.run_grid(cfg, 2, pairs="fresh", **kw)
+    # the pairs' losses differ from step 1 on (fresh pairs), never at step 0 (same draw, same policy)
+    np.testing.assert_array_equal(fixed.records["loss"][0], fresh.records["loss"][0])
+    assert not np.allclose(fixed.records["loss"][1:], fresh.records["loss"][1:])
+    assert fixed.settings["pairs"] == "fixed"
+    with pytest.raises(ValueError, match="pairs"):
+        toy.run_grid(cfg, 2, pairs="shuffled", **kw)
 
 
 def test_tabular_and_default_vjp_are_autograd():

@@ -313,7 +313,7 @@ def make_reward_model(spec: ToySpec, seeds, *, kind: str = "mlp", hidden: int = 
     as rewards ``r(x, a)``, with its last layer zeroed (``r == 0`` at the start; see the module docstring)."""
     rm = make_policy(kind, spec, seeds, hidden=hidden, activation=activation, device=device, dtype=dtype)
     with torch.no_grad():
-        for name in (("W3", "b3") if kind == "mlp" else tuple(rm.params)):
+        for name in (rm.output_layer if kind == "mlp" else tuple(rm.params)):
             rm.params[name].zero_()
     return rm
 

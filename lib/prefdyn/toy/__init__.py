@@ -93,7 +93,7 @@ from .sensitivity import FACTORS, SENSITIVITY_KEYS, Variant, scenario_sensitivit
 from .train import (ToyConfig, ToyRun, feature_overlap, first_step_transfer, logit_change, output_change, run_grid,
                     sft, train)
 from .verdicts import (EXTREMES, PHASE_CHECKS, PROP1_SIGNS, SCENARIO_CLAIMS, THREE_D_LABELS, falls_further,
-                       matched_removal, matched_removal_reading, phase_checks, prop1_series, prop1_test, removed_by,
+                       matched_beta_table, matched_removal, matched_removal_reading, phase_checks, prop1_series, prop1_test, removed_by,
                        scenario_claims, three_d)
 
 __all__ = [
@@ -105,5 +105,5 @@ __all__ = [
     "Variant", "FACTORS", "SENSITIVITY_KEYS", "scenario_variants", "scenario_sensitivity",
     "three_d", "THREE_D_LABELS", "removed_by", "PHASE_CHECKS", "phase_checks", "EXTREMES", "SCENARIO_CLAIMS",
     "scenario_claims", "PROP1_SIGNS", "prop1_test", "prop1_series", "matched_removal", "matched_removal_reading",
-    "falls_further",
+    "matched_beta_table", "falls_further",
 ]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..device import resolve_device
-from ..validate import check_choice, check_int
+from ..validate import check_choice, check_int, check_positive
 from .rng import counter_uniform
 from .space import ToySpec
 
@@ -181,10 +181,11 @@ class TabularPolicy(BatchedPolicy):
 
 
 #: The MLP's activations: name -> (function for the batched forward, ``torch.nn`` module for
-#: :meth:`MLPPolicy.member_module`).
+#: :meth:`MLPPolicy.member_module`). ``"linear"`` (no activation) is a control: the network is then
+#: an affine map of the one-hot prompt, a factorised table of logits.
 ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], type]] = {
     "relu": (torch.relu, torch.nn.ReLU), "tanh": (torch.tanh, torch.nn.Tanh), "gelu": (F.gelu, torch.nn.GELU),
-    "silu": (F.silu, torch.nn.SiLU),
+    "silu": (F.silu, torch.nn.SiLU), "linear": (lambda a: a, torch.nn.Identity),
 }
 
 _aten = torch.ops.aten
@@ -194,12 +195,14 @@ _aten = torch.ops.aten
 _ACTIVATION_OUT: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "relu": lambda a, out: _aten.clamp_min.out(a, 0, out=out), "tanh": lambda a, out: _aten.tanh.out(a, out=out),
     "gelu": lambda a, out: _aten.gelu.out(a, out=out), "silu": lambda a, out: _aten.silu.out(a, out=out),
+    "linear": lambda a, out: out.copy_(a),
 }
 _ACTIVATION_BACKWARD: dict[str, Callable[..., torch.Tensor]] = {
     "relu": lambda g, a, h, out: _aten.threshold_backward.grad_input(g, h, 0, grad_input=out),
     "tanh": lambda g, a, h, out: _aten.tanh_backward.grad_input(g, h, grad_input=out),
     "gelu": lambda g, a, h, out: _aten.gelu_backward.grad_input(g, a, grad_input=out),
     "silu": lambda g, a, h, out: _aten.silu_backward.grad_input(g, a, grad_input=out),
+    "linear": lambda g, a, h, out: out.copy_(g),
 }
 
 
@@ -220,92 +223,115 @@ class MLPPolicy(BatchedPolicy):
     ``[in, out]`` = ``nn.Linear.weight.T``). Initialisation as ``torch.nn.Linear``
     (U(-1/sqrt(fan_in), +1/sqrt(fan_in)) for weights and biases), drawn from :func:`counter_uniform`
     with the member's seed.
+
+    Choices 000 leaves open, kept as options for the sensitivity analyses (the defaults are the
+    paper's network): ``depth`` hidden layers (default 2; the output layer is then ``W{depth+1}``,
+    ``b{depth+1}``, see :attr:`output_layer`), ``init_scale`` (every initial bound times this factor)
+    and ``activation`` (:data:`ACTIVATIONS`, ``"linear"`` included).
     """
 
     kind = "mlp"
 
-    def __init__(self, spec: ToySpec, seeds, *, hidden: int = 64, activation: str = "relu",
-                 device="auto", dtype=torch.float32):
+    def __init__(self, spec: ToySpec, seeds, *, hidden: int = 64, activation: str = "relu", depth: int = 2,
+                 init_scale: float = 1.0, device="auto", dtype=torch.float32):
         self.hidden = check_int("hidden", hidden, 1)
         check_choice("activation", activation, ACTIVATIONS)
         self.activation = activation
+        self.depth = check_int("depth", depth, 1, 8)
+        self.init_scale = float(check_positive("init_scale", init_scale))
         super().__init__(spec, seeds, device=device, dtype=dtype)
+
+    @property
+    def output_layer(self) -> tuple[str, str]:
+        """The names of the output layer's weight and bias (``("W3", "b3")`` at the default depth)."""
+        return f"W{self.depth + 1}", f"b{self.depth + 1}"
 
     def _build_layout(self):
         P, R, H = self.spec.n_prompts, self.spec.n_responses, self.hidden
-        self._add("W1", (P, H)); self._add("b1", (1, H))
-        self._add("W2", (H, H)); self._add("b2", (1, H))
-        self._add("W3", (H, R)); self._add("b3", (1, R))
+        self._fan_in = {}
+        for i in range(1, self.depth + 2):
+            fan_in, fan_out = (P if i == 1 else H), (R if i == self.depth + 1 else H)
+            self._add(f"W{i}", (fan_in, fan_out)); self._add(f"b{i}", (1, fan_out))
+            self._fan_in[f"W{i}"] = self._fan_in[f"b{i}"] = fan_in
 
     def _init_flat(self):
         bound = torch.empty(self.n_params, dtype=torch.float64)
-        fan_in = {"W1": self.spec.n_prompts, "b1": self.spec.n_prompts, "W2": self.hidden,
-                  "b2": self.hidden, "W3": self.hidden, "b3": self.hidden}
         for name, shape, off in self.layout:
-            bound[off: off + int(np.prod(shape))] = 1.0 / math.sqrt(fan_in[name])
+            bound[off: off + int(np.prod(shape))] = self.init_scale / math.sqrt(self._fan_in[name])
         u = counter_uniform(self.seeds.cpu(), stream=1, n=self.n_params)        # [M, N] in (0, 1)
         return ((2.0 * u - 1.0) * bound).to(device=self.device, dtype=self.dtype)
 
     def features(self, params=None) -> torch.Tensor:
-        """The last hidden layer ``h2 [M, P, H]``: the features the output layer reads for each prompt."""
+        """The last hidden layer ``h_depth [M, P, H]``: the features the output layer reads for each prompt."""
         v = self.params if params is None else params
         act = ACTIVATIONS[self.activation][0]
-        h1 = act(v["W1"] + v["b1"])                              # one-hot(x) @ W1 + b1, [M, P, H]
-        return act(torch.baddbmm(v["b2"], h1, v["W2"]))          # [M, P, H]
+        h = act(v["W1"] + v["b1"])                               # one-hot(x) @ W1 + b1, [M, P, H]
+        for i in range(2, self.depth + 1):
+            h = act(torch.baddbmm(v[f"b{i}"], h, v[f"W{i}"]))     # [M, P, H]
+        return h
 
     def forward(self, params=None):
         v = self.params if params is None else params
-        return torch.baddbmm(v["b3"], self.features(params), v["W3"])   # [M, P, R]
+        w, b = self.output_layer
+        return torch.baddbmm(v[b], self.features(params), v[w])   # [M, P, R]
 
     def logits_and_vjp(self, work: dict | None = None):
         """See :meth:`BatchedPolicy.logits_and_vjp`; the backward pass written out, with the ATen kernels
-        autograd runs for :meth:`forward` (a dozen ops, no graph): ``g_b3 = sum_p g``, ``g_W3 = h2^T g``,
-        ``g_a2 = act'(g W3^T)``, ``g_W2 = h1^T g_a2``, ``g_b2 = sum_p g_a2``, ``g_W1 = act'(g_a2 W2^T)`` (the
-        one-hot input selects one row of ``W1`` per prompt), ``g_b1 = sum_p g_W1``.
+        autograd runs for :meth:`forward` (a few ops per layer, no graph). For the output layer L:
+        ``g_bL = sum_p g``, ``g_WL = h^T g``; for each hidden layer i from the top:
+        ``g_ai = act'(g_hi)``, ``g_Wi = h_{i-1}^T g_ai``, ``g_bi = sum_p g_ai``, ``g_h{i-1} = g_ai Wi^T``; the
+        first layer's ``g_W1 = g_a1`` (the one-hot input selects one row of ``W1`` per prompt).
 
         ``work``: a dict the caller keeps from step to step; the activations, logits and intermediate
         gradients then live in buffers held there (reused by the next call, so no large allocation per
         step). Without it they are allocated."""
         work = {} if work is None else work
         v = self.params
-        M, P, H, R = self.members, self.spec.n_prompts, self.hidden, self.spec.n_responses
+        M, P, H, R, D = self.members, self.spec.n_prompts, self.hidden, self.spec.n_responses, self.depth
         ref = v["W1"]
         act = _ACTIVATION_OUT[self.activation]
         back = _ACTIVATION_BACKWARD[self.activation]
         with torch.no_grad():
-            a1 = torch.add(v["W1"], v["b1"], out=_buffer(work, "a1", (M, P, H), ref))
-            h1 = act(a1, _buffer(work, "h1", (M, P, H), ref))
-            a2 = torch.baddbmm(v["b2"], h1, v["W2"], out=_buffer(work, "a2", (M, P, H), ref))
-            h2 = act(a2, _buffer(work, "h2", (M, P, H), ref))
-            z = torch.baddbmm(v["b3"], h2, v["W3"], out=_buffer(work, "z", (M, P, R), ref))
+            a = [torch.add(v["W1"], v["b1"], out=_buffer(work, "a1", (M, P, H), ref))]
+            h = [act(a[0], _buffer(work, "h1", (M, P, H), ref))]
+            for i in range(2, D + 1):
+                a.append(torch.baddbmm(v[f"b{i}"], h[-1], v[f"W{i}"], out=_buffer(work, f"a{i}", (M, P, H), ref)))
+                h.append(act(a[-1], _buffer(work, f"h{i}", (M, P, H), ref)))
+            z = torch.baddbmm(v[f"b{D + 1}"], h[-1], v[f"W{D + 1}"], out=_buffer(work, "z", (M, P, R), ref))
 
         def vjp(g, out=None):
-            o = [None] * 6 if out is None else out
+            o = [None] * (2 * D + 2) if out is None else out
+            grads: list = [None] * (2 * D + 2)
             with torch.no_grad():
-                gb3 = torch.sum(g, 1, keepdim=True, out=o[5])
-                gW3 = torch.bmm(h2.transpose(1, 2), g, out=o[4])
-                gh = torch.bmm(g, v["W3"].transpose(1, 2), out=_buffer(work, "g_h2", (M, P, H), ref))
-                ga2 = back(gh, a2, h2, _buffer(work, "g_a2", (M, P, H), ref))
-                gb2 = torch.sum(ga2, 1, keepdim=True, out=o[3])
-                gh = torch.bmm(ga2, v["W2"].transpose(1, 2), out=_buffer(work, "g_h1", (M, P, H), ref))
-                gW2 = torch.bmm(h1.transpose(1, 2), ga2, out=o[2])
-                gW1 = back(gh, a1, h1, o[0] if o[0] is not None else torch.empty_like(gh))
-                gb1 = torch.sum(gW1, 1, keepdim=True, out=o[1])
-            return [gW1, gb1, gW2, gb2, gW3, gb3]
+                grads[2 * D + 1] = torch.sum(g, 1, keepdim=True, out=o[2 * D + 1])
+                grads[2 * D] = torch.bmm(h[D - 1].transpose(1, 2), g, out=o[2 * D])
+                gh = torch.bmm(g, v[f"W{D + 1}"].transpose(1, 2), out=_buffer(work, f"g_h{D}", (M, P, H), ref))
+                for i in range(D, 1, -1):                          # hidden layer i (1-based), from the top
+                    ga = back(gh, a[i - 1], h[i - 1], _buffer(work, f"g_a{i}", (M, P, H), ref))
+                    grads[2 * i - 1] = torch.sum(ga, 1, keepdim=True, out=o[2 * i - 1])
+                    gh = torch.bmm(ga, v[f"W{i}"].transpose(1, 2), out=_buffer(work, f"g_h{i - 1}", (M, P, H), ref))
+                    grads[2 * i - 2] = torch.bmm(h[i - 2].transpose(1, 2), ga, out=o[2 * i - 2])
+                grads[0] = back(gh, a[0], h[0], o[0] if o[0] is not None else torch.empty_like(gh))
+                grads[1] = torch.sum(grads[0], 1, keepdim=True, out=o[1])
+            return grads
 
         return z, vjp
 
     def member_module(self, m: int) -> torch.nn.Sequential:
         """Member ``m`` as the plain ``torch.nn`` network a single run would use: ``Sequential(Linear(P, H),
-        act, Linear(H, H), act, Linear(H, R))`` with the member's current weights (``Linear.weight = W.T``),
-        applied to one-hot prompts (``torch.eye(P)``). Same outputs as :meth:`forward` for that member
-        (tested); the plain loop of :func:`prefdyn.bench.bench` trains it."""
+        act, Linear(H, H), act, ..., Linear(H, R))`` with the member's current weights
+        (``Linear.weight = W.T``), applied to one-hot prompts (``torch.eye(P)``). Same outputs as
+        :meth:`forward` for that member (tested); the plain loop of :func:`prefdyn.bench.bench` trains it."""
         P, R, H = self.spec.n_prompts, self.spec.n_responses, self.hidden
         act = ACTIVATIONS[self.activation][1]
-        model = torch.nn.Sequential(torch.nn.Linear(P, H), act(), torch.nn.Linear(H, H), act(), torch.nn.Linear(H, R))
-        model = model.to(device=self.device, dtype=self.dtype)
+        layers: list[torch.nn.Module] = []
+        for i in range(1, self.depth + 2):
+            layers.append(torch.nn.Linear(P if i == 1 else H, R if i == self.depth + 1 else H))
+            if i <= self.depth:
+                layers.append(act())
+        model = torch.nn.Sequential(*layers).to(device=self.device, dtype=self.dtype)
         with torch.no_grad():
-            for i, lin in enumerate((model[0], model[2], model[4]), start=1):
+            for i, lin in enumerate(model[::2], start=1):
                 lin.weight.copy_(self.params[f"W{i}"][m].T)
                 lin.bias.copy_(self.params[f"b{i}"][m].view(-1))
         return model
@@ -315,11 +341,13 @@ POLICIES = {"mlp": MLPPolicy, "tabular": TabularPolicy}
 
 
 def make_policy(kind: str, spec: ToySpec, seeds, *, hidden: int = 64, activation: str = "relu",
-                device="auto", dtype=torch.float32) -> BatchedPolicy:
-    """A batched policy: ``kind`` is ``"mlp"`` (000 Sec. 3.2.1) or ``"tabular"``; one member per seed."""
+                depth: int = 2, init_scale: float = 1.0, device="auto", dtype=torch.float32) -> BatchedPolicy:
+    """A batched policy: ``kind`` is ``"mlp"`` (000 Sec. 3.2.1) or ``"tabular"``; one member per seed.
+    ``hidden``, ``activation``, ``depth`` and ``init_scale`` are the MLP's (:class:`MLPPolicy`)."""
     check_choice("policy", kind, POLICIES)
     if kind == "mlp":
-        return MLPPolicy(spec, seeds, hidden=hidden, activation=activation, device=device, dtype=dtype)
+        return MLPPolicy(spec, seeds, hidden=hidden, activation=activation, depth=depth,
+                         init_scale=init_scale, device=device, dtype=dtype)
     return TabularPolicy(spec, seeds, device=device, dtype=dtype)
 
 

@@ -1,7 +1,8 @@
 """Sensitivity of the scenario verdicts (000 Sec. 3.2.2, Fig. 3) to the choices the paper leaves open.
 
 A :class:`Variant` changes one choice against the chapter's baseline: a run setting (learning rate,
-optimiser, width, activation, SFT steps, pairs per step, steps), the loss's beta, or the SFT target (the
+optimiser, width, depth, activation, initial weight scale, SFT steps, pairs per step, a fixed set of
+pairs, steps), the loss's beta, or the SFT target (the
 reading of "each chosen and rejected response at 0.12", :data:`prefdyn.toy.space.READINGS`, or the
 off-policy probability). :func:`scenario_sensitivity` trains the four scenarios under every variant,
 batching the variants that share their run settings into one ensemble, and returns one row per variant:
@@ -26,7 +27,8 @@ __all__ = ["Variant", "FACTORS", "SENSITIVITY_KEYS", "scenario_variants", "scena
 FACTORS = {
     "other_ratio": "other/own ratio", "lr": "learning rate", "sgd": "optimiser", "hidden": "hidden width",
     "activation": "activation", "sft_steps": "SFT steps", "pairs": "pairs per prompt", "steps": "steps",
-    "beta": "β", "p_off": "p_off",
+    "beta": "β", "p_off": "p_off", "depth": "hidden layers", "init_scale": "initial weight scale",
+    "pair_set": "pair set",
 }
 
 #: The indicators a sensitivity row keeps per scenario (seed means).
@@ -50,8 +52,10 @@ def scenario_variants(factors: Sequence[str], *, reading: str, other_ratios: Seq
                       sgd_lr: float, hidden: int, steps: int, beta: float, p_off: float) -> list[Variant]:
     """The baseline, the other reading of the SFT target, and one variant per value of each of ``factors``
     (:data:`FACTORS`): the other prompts' optimal responses at ``other_ratios`` of the chosen probability,
-    Adam at ``lr``, SGD at ``sgd_lr``, half the width, tanh, 200 SFT steps, one pair per prompt, half the
-    steps, five times beta, a fifth of ``p_off``."""
+    Adam at ``lr``, SGD at ``sgd_lr``, half the width, tanh and linear activations, 1 and 3 hidden layers
+    (the paper's MLP has 2), initial weights at 0.5x and 2x the ``torch.nn.Linear`` bounds, one fixed set
+    of pairs instead of fresh ones every step, 200 SFT steps, one pair per prompt, half the steps, five
+    times beta, a fifth of ``p_off``."""
     from .space import READINGS
 
     for f in factors:
@@ -62,7 +66,10 @@ def scenario_variants(factors: Sequence[str], *, reading: str, other_ratios: Seq
         "lr": [Variant(FACTORS["lr"], f"{lr:g}", run={"lr": lr})],
         "sgd": [Variant(FACTORS["sgd"], f"SGD, lr {sgd_lr:g}", run={"optimizer": "sgd", "lr": sgd_lr})],
         "hidden": [Variant(FACTORS["hidden"], f"{hidden // 2}", run={"hidden": hidden // 2})],
-        "activation": [Variant(FACTORS["activation"], "tanh", run={"activation": "tanh"})],
+        "activation": [Variant(FACTORS["activation"], a, run={"activation": a}) for a in ("tanh", "linear")],
+        "depth": [Variant(FACTORS["depth"], f"{d}", run={"depth": d}) for d in (1, 3)],
+        "init_scale": [Variant(FACTORS["init_scale"], f"{x:g}x", run={"init_scale": x}) for x in (0.5, 2.0)],
+        "pair_set": [Variant(FACTORS["pair_set"], "fixed (step-0 draw)", run={"pairs": "fixed"})],
         "sft_steps": [Variant(FACTORS["sft_steps"], "200", run={"sft_steps": 200})],
         "pairs": [Variant(FACTORS["pairs"], "1", run={"pairs_per_prompt": 1})],
         "steps": [Variant(FACTORS["steps"], f"{steps // 2}", run={"steps": steps // 2})],

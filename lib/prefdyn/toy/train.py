@@ -19,7 +19,11 @@ from .optim import OPTIMIZERS, make_optimizer
 from .policy import POLICIES, BatchedPolicy, TabularPolicy, as_seeds, make_policy
 from .space import ToySpec, resolve_init, sample_rejected
 
-__all__ = ["sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change", "first_step_transfer"]
+#: How :func:`run_grid` draws the preference pairs: new rejected responses every step, or one set
+#: (the step-0 draw) reused at every step.
+PAIRINGS = ("fresh", "fixed")
+
+__all__ = ["PAIRINGS", "sft", "ToyConfig", "ToyRun", "run_grid", "train", "output_change", "feature_overlap", "logit_change", "first_step_transfer"]
 
 
 def sft(policy: BatchedPolicy, target, *, steps: int = 500, lr: float = 1e-2, optimizer: str = "adam",
@@ -164,7 +168,8 @@ def _normalise_configs(configs) -> list[ToyConfig]:
 
 def run_grid(configs, seeds=32, *, spec: ToySpec | None = None, policy: str = "mlp", steps: int = 1000,
              lr: float = 1e-3, optimizer: str = "adam", pairs_per_prompt: int = 4, hidden: int = 64,
-             activation: str = "relu", sft_steps: int = 500, sft_lr: float = 1e-2, record_every: int = 1,
+             activation: str = "relu", depth: int = 2, init_scale: float = 1.0, pairs: str = "fresh",
+             sft_steps: int = 500, sft_lr: float = 1e-2, record_every: int = 1,
              record_probs: bool = False, device="auto", dtype=torch.float32, progress: bool = True,
              desc: str | None = None, threads: int | None = 1) -> ToyRun:
     """Train every configuration in ``configs`` with every seed, all in one batched computation.
@@ -172,7 +177,10 @@ def run_grid(configs, seeds=32, *, spec: ToySpec | None = None, policy: str = "m
     Members are ``len(configs) x n_seeds``, grouped by configuration (member ``i * n_seeds + j`` = config
     ``i``, seed ``seeds[j]``). Step 1 (:func:`sft`) fits each member to its configuration's ``init``;
     step 2 runs ``steps`` updates of the preference loss on fresh pairs (:func:`sample_rejected`) and
-    records :data:`RECORDS` every ``record_every`` updates (and after the last). See the module
+    records :data:`RECORDS` every ``record_every`` updates (and after the last). ``pairs``: ``"fresh"``
+    (default) draws new rejected responses every step; ``"fixed"`` draws them once (the step-0 draw)
+    and reuses that set of ``pairs_per_prompt`` pairs per prompt at every step, a fixed preference
+    dataset trained full-batch. ``depth`` and ``init_scale``: the MLP's (:class:`MLPPolicy`). See the module
     docstring for the reading of the paper's set-up. On the CPU the work runs inside
     :class:`cpu_settings` (``threads`` intra-op threads, subnormals flushed).
     """
@@ -186,6 +194,9 @@ def run_grid(configs, seeds=32, *, spec: ToySpec | None = None, policy: str = "m
     check_int("record_every", record_every, 1)
     check_int("sft_steps", sft_steps, 0)
     check_choice("policy", policy, POLICIES)
+    check_choice("pairs", pairs, PAIRINGS)
+    check_int("depth", depth, 1, 8)
+    check_positive("init_scale", init_scale)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_positive("lr", lr)
     check_positive("sft_lr", sft_lr)
@@ -210,7 +221,8 @@ def run_grid(configs, seeds=32, *, spec: ToySpec | None = None, policy: str = "m
     targets = torch.stack([t for _, _, t, _ in checked])                       # [C, P, R]
 
     with cpu_settings(threads if dev.type == "cpu" else None, flush_denormal=dev.type == "cpu"):
-        pol = make_policy(policy, spec, member_seed, hidden=hidden, activation=activation, device=dev, dtype=dtype)
+        pol = make_policy(policy, spec, member_seed, hidden=hidden, activation=activation, depth=depth,
+                          init_scale=init_scale, device=dev, dtype=dtype)
         fit = sft(pol, targets.to(dev)[member_config.to(dev)], steps=sft_steps, lr=sft_lr)
         groups = _loss_groups([(loss, params) for loss, params, _, _ in checked], S, dev, dtype)
         lrs = torch.tensor([c_lr for *_, c_lr in checked], dtype=torch.float64).repeat_interleave(S)
@@ -218,9 +230,10 @@ def run_grid(configs, seeds=32, *, spec: ToySpec | None = None, policy: str = "m
         init_params = {k: v.detach().cpu().numpy().copy() for k, v in pol.params.items()}
         rec, rec_steps, probs = _preference_train(
             pol, groups, steps=steps, lr=lrs, optimizer=optimizer, pairs_per_prompt=pairs_per_prompt,
-            record_every=record_every, record_probs=record_probs, progress=progress, desc=desc)
+            fixed_pairs=pairs == "fixed", record_every=record_every, record_probs=record_probs, progress=progress, desc=desc)
     settings = dict(policy=policy, steps=steps, lr=lr, optimizer=optimizer, pairs_per_prompt=pairs_per_prompt,
-                    hidden=hidden, activation=activation, sft_steps=sft_steps, sft_lr=sft_lr,
+                    hidden=hidden, activation=activation, depth=depth, init_scale=init_scale, pairs=pairs,
+                    sft_steps=sft_steps, sft_lr=sft_lr,
                     record_every=record_every, device=dev.type, dtype=str(dtype).replace("torch.", ""),
                     seeds=seed_t.tolist())
     return ToyRun(spec=spec, configs=configs, member_config=member_config.numpy(),
@@ -269,7 +282,7 @@ def train(loss: Any = "dpo", loss_params: Mapping | None = None, init=None, seed
 
 
 def _preference_train(pol: BatchedPolicy, groups, *, steps: int, lr, optimizer: str, pairs_per_prompt: int,
-                      record_every: int = 1, record_probs: bool = False, progress: bool = True,
+                      fixed_pairs: bool = False, record_every: int = 1, record_probs: bool = False, progress: bool = True,
                       desc: str | None = None, chunk: int = 256, record_chunk: int = 64):
     """Step 2 on an already fitted policy; ``groups`` = [(member slice, loss name, params)] covering all
     members in order, whose parameters are already checked. The reference policy is ``pol`` as given.
@@ -331,7 +344,8 @@ def _preference_train(pol: BatchedPolicy, groups, *, steps: int, lr, optimizer: 
         if t >= chunk_start + len(idx_chunk):
             chunk_start = t
             span = torch.arange(t, min(t + chunk, steps + 1), device=dev)
-            rej = sample_rejected(spec, pol.seeds, span, K)                  # [chunk, M, P, K]
+            draw = torch.zeros_like(span) if fixed_pairs else span           # "fixed": the step-0 pairs
+            rej = sample_rejected(spec, pol.seeds, draw, K)                  # [chunk, M, P, K]
             idx_chunk = torch.cat([pos_idx.expand(len(span), M, P, K), rej], dim=3).unbind(0)   # [M, P, 2K] each
             ref_chunk = ref_logp.expand(len(span), M, P, R).gather(3, rej).unbind(0)          # [M, P, K] each
         idx, ref_neg = idx_chunk[t - chunk_start], ref_chunk[t - chunk_start]
@@ -370,7 +384,7 @@ def _preference_train(pol: BatchedPolicy, groups, *, steps: int, lr, optimizer: 
 def _sft_params(run: ToyRun, *, mlp: bool = False, dtype=None) -> dict[str, torch.Tensor]:
     """The post-SFT parameters a run kept, as tensors on the policy's device (``dtype``: the policy's);
     a one-line ``ValueError`` for a run without them (or, with ``mlp``, one that is not an MLP)."""
-    if run.init_params is None or (mlp and "W3" not in run.init_params):
+    if run.init_params is None or (mlp and not hasattr(run.policy, "output_layer")):
         what = "an MLP run" if mlp else "a run"
         raise ValueError(f"run: expected {what} of run_grid (it keeps the post-SFT parameters)")
     pol = run.policy
@@ -380,7 +394,7 @@ def _sft_params(run: ToyRun, *, mlp: bool = False, dtype=None) -> dict[str, torc
 def output_change(run: ToyRun, config: int | str = 0) -> dict[str, dict[str, float]]:
     """How far preference training moved the MLP's output layer, per block of responses: the largest
     ``|W3[:, :, a]_final - W3[:, :, a]_SFT|`` over the configuration's members and the hidden units, and
-    the same for the bias ``b3[a]``, for the chosen block (responses optimal for some prompt), the rejected
+    the same for the bias ``b3[a]`` (the output layer, whatever the depth), for the chosen block (responses optimal for some prompt), the rejected
     block and the unseen block (responses in no pair).
 
     Why it matters for Dispersion (000 Property 3): the logit of a response ``a`` that is in no pair gets
@@ -392,8 +406,9 @@ def output_change(run: ToyRun, config: int | str = 0) -> dict[str, dict[str, flo
     _sft_params(run, mlp=True)
     mem = run.members_of(config)
     spec = run.spec
-    final = {k: run.policy.params[k].detach().cpu().numpy()[mem] for k in ("W3", "b3")}
-    start = {k: run.init_params[k][mem] for k in ("W3", "b3")}
+    w, b = run.policy.output_layer
+    final = {k: run.policy.params[k2].detach().cpu().numpy()[mem] for k, k2 in (("W3", w), ("b3", b))}
+    start = {k: run.init_params[k2][mem] for k, k2 in (("W3", w), ("b3", b))}
     blocks = {"chosen_block": spec.chosen_block, "rejected": spec.rejected_block, "unseen": spec.unseen_block}
     out = {}
     for name, blk in blocks.items():

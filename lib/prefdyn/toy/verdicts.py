@@ -10,8 +10,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..stats import rank_correlation
+from ..tables import Table
 
 __all__ = ["three_d", "THREE_D_LABELS", "removed_by", "matched_removal", "matched_removal_reading",
+           "matched_beta_table",
            "falls_further", "PHASE_CHECKS", "phase_checks", "EXTREMES",
            "SCENARIO_CLAIMS", "scenario_claims", "PROP1_SIGNS", "prop1_test", "prop1_series"]
 
@@ -94,6 +96,35 @@ def matched_removal_reading(result: Mapping, own: float, reference: str = "DPO",
             parts.append(f"{labels[k]}: not claimed, removed at matched β = "
                          + ", ".join(f"{b:g}" for b in where(k)))
     return "; ".join(parts) or "none claimed"
+
+
+def matched_beta_table(at_beta: Mapping[str, Mapping[str, bool]], reference_base: Mapping[str, bool], beta: float,
+                       base: float, *, reference: str = "dpo", label=str,
+                       labels: Mapping[str, str] = THREE_D_LABELS) -> Table:
+    """The 3D-properties of every loss at one inverse temperature ``beta``, and what each removes.
+
+    ``at_beta``: loss name -> :func:`three_d` verdict at ``beta`` (the ``reference`` loss included);
+    ``reference_base``: the reference's verdict at its own ``base`` beta. Each loss's "removes" column
+    is :func:`removed_by` against the reference at the same ``beta`` (a matched comparison); the
+    reference's own row compares it with itself at ``base``, so it says what the change of beta alone
+    removes. ``label`` maps a loss name to its display name (e.g. :func:`prefdyn.plotting.loss_label`).
+    """
+    if reference not in at_beta:
+        raise ValueError(f"at_beta: expected a verdict for the reference {reference!r}, got {sorted(at_beta)}")
+
+    def removes(ref, v):
+        return ", ".join(labels[k].lower() for k in removed_by(ref, v)["removes"]) or "none"
+
+    rows = []
+    for name, v in at_beta.items():
+        if name == reference:
+            last = "(reference)" if beta == base else removes(reference_base, v)
+        else:
+            last = removes(at_beta[reference], v)
+        rows.append((label(name), [v[k] for k in labels] + [last]))
+    ref = label(reference)
+    return Table(list(labels.values()) + ["removes"], rows, corner="loss", title=f"The 3D-properties at β = {beta:g}",
+                 note=f"removes: against {ref} at β = {beta:g}; {ref}'s row: against {ref} at β = {base:g} (β alone).")
 
 
 def falls_further(lower: Mapping[str, Mapping[str, float]], upper: Mapping[str, Mapping[str, float]],
