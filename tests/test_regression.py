@@ -130,6 +130,18 @@ def test_log10_at_every_magnitude():
         Tol(tiny=math.nan, log10_atol=0.1)
 
 
+def test_floor_accepts_two_underflowed_or_two_overflowed_values():
+    tol = Tolerances(Tol(rtol=0.01, tiny=1e-4, log10_atol=0.5, floor=1e-30))
+    assert regression.compare("c", {"p": 8.4e-35}, {"p": 3.5e-34}, tol) == []     # 0.6 in log10, both underflowed
+    assert regression.compare("c", {"r": 1.1e37}, {"r": 3.4e36}, tol) == []       # both above 1e30
+    assert regression.compare("c", {"p": 1e-31}, {"p": 1e-29}, tol)               # one above the floor: log10 2
+    assert regression.compare("c", {"p": -1e-35}, {"p": 1e-35}, tol)              # signs differ
+    assert regression.compare("c", {"r": 2e29}, {"r": 1e31}, tol)                 # one below 1e30: relative
+    assert "equal below 1e-30 and above 1e+30" in tol.default.describe()
+    with pytest.raises(ValueError, match="floor"):
+        Tol(floor=1.0)
+
+
 def test_missing_extra_and_non_finite_values():
     tol = Tolerances(Tol(rtol=0.5))
     gold = {"a": 1.0, "n": "nan", "i": "inf", "z": None}

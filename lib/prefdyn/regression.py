@@ -44,6 +44,13 @@ class Tol:
     """How far one number may move: ``|a - b| <= atol + rtol * max(|a|, |b|)``, or, when both magnitudes
     are at or below ``tiny`` (and ``log10_atol`` is set), ``|log10|a| - log10|b|| <= log10_atol``.
 
+    ``floor`` (default 0: off): two numbers of the same sign that are both at or below ``floor`` in
+    magnitude, or both at or above ``1/floor``, agree whatever their values. For float32 training, where a
+    probability below about 1e-30 sits at the edge of the representable range (normal numbers end at
+    1.2e-38 and subnormals are flushed), it says only that the probability underflowed, and a ratio
+    above 1e30 only that it overflowed; which power of ten it reached depends on the last bits of the
+    arithmetic.
+
     ``ignore=True`` skips the key entirely; ``reason`` says why a tolerance is what it is.
     """
 
@@ -53,8 +60,11 @@ class Tol:
     log10_atol: float | None = None
     ignore: bool = False
     reason: str = ""
+    floor: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.floor, (int, float)) and 0 <= self.floor < 1):
+            raise ValueError(f"Tol: floor must be a number in [0, 1) (got {self.floor!r})")
         for name in ("rtol", "atol", "tiny"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not math.isnan(v) and v >= 0
@@ -91,6 +101,8 @@ class Tol:
         if self.log10_atol is not None and self.tiny > 0:
             parts.append(f"log10 within {self.log10_atol:g}"
                          + ("" if math.isinf(self.tiny) else f" below {self.tiny:g}"))
+        if self.floor:
+            parts.append(f"equal below {self.floor:g} and above {1 / self.floor:g}")
         return ", ".join(parts)
 
     def accepts(self, golden: float, produced: float) -> bool:
@@ -100,6 +112,9 @@ class Tol:
         if self.ignore:
             return True
         a, b = abs(golden), abs(produced)
+        if self.floor and (golden > 0) == (produced > 0) and (
+                max(a, b) <= self.floor or min(a, b) >= 1 / self.floor):
+            return True
         if (self.log10_atol is not None and self.tiny > 0 and a <= self.tiny and b <= self.tiny):
             if a == 0 or b == 0 or (golden > 0) != (produced > 0):
                 return max(a, b) <= self.atol

@@ -132,7 +132,8 @@ register(Chapter(
 # ------------------------------------------------------------------------------------------------
 # Part 2 - Toy model  ([4/7])
 # ------------------------------------------------------------------------------------------------
-def toy_tolerances(*, rtol: float, atol: float, log10: float, orders: float, steps: tuple[float, float]) -> Tolerances:
+def toy_tolerances(*, rtol: float, atol: float, log10: float, orders: float, steps: tuple[float, float],
+                   floor: float = 0.0, extra: tuple = ()) -> Tolerances:
     """Tolerances of a toy chapter (float32 training of MLP ensembles), by kind of number:
 
     - probabilities, masses and other numbers: ``rtol`` relative plus ``atol`` absolute; at or below 1e-4
@@ -142,18 +143,24 @@ def toy_tolerances(*, rtol: float, atol: float, log10: float, orders: float, ste
     - update counts (``*_step``): ``steps = (relative, absolute)``; fractions of seeds within 2 of 32 seeds;
       counts of seeds within 2; rank correlations within 0.1;
     - ``sft_max_abs_err`` (the largest SFT fit error of any member, the tail of a distribution) within
-      0.002 absolute; float32 rounding errors (``*max_abs_err_closed_form``) within 1e-5.
+      0.002 absolute; float32 rounding errors (``*max_abs_err_closed_form``) within 1e-5;
+    - ``floor``: two probabilities both below it (or two ratios both above its inverse) agree
+      (:class:`prefdyn.regression.Tol`), for chapters whose runs reach float32's underflow.
+
+    ``extra``: the chapter's own ``(pattern, Tol)`` rules, matched before these.
     """
     srel, sabs = steps
     return Tolerances(
-        Tol(rtol=rtol, atol=atol, tiny=1e-4, log10_atol=log10, reason="float32 training"),
+        Tol(rtol=rtol, atol=atol, tiny=1e-4, log10_atol=log10, floor=floor, reason="float32 training"),
         (
+            *extra,
             ("*_step.frac", Tol(atol=0.07, reason="fraction of 32 seeds that crossed a threshold: 2 seeds")),
             ("*_step.*", Tol(rtol=srel, atol=sabs, reason="update counts")),
             ("*_step", Tol(rtol=srel, atol=sabs, reason="update counts")),
             ("*log10_*", Tol(rtol=rtol, atol=orders, reason="orders of magnitude")),
             ("*rejected_drop_orders*", Tol(rtol=rtol, atol=orders, reason="orders of magnitude")),
-            ("*grad_ratio_final*", Tol(tiny=math.inf, log10_atol=log10, reason="ratios up to 1e285: on log10")),
+            ("*grad_ratio_final*", Tol(tiny=math.inf, log10_atol=log10, floor=floor,
+                                       reason="ratios up to 1e285: on log10")),
             ("*p_value", Tol(tiny=math.inf, log10_atol=2 * log10, reason="p-values of rank correlations")),
             ("*spearman_rho", Tol(atol=0.1, reason="rank correlations over a few points: one swapped rank")),
             ("*_seeds*", Tol(atol=2, reason="a count of seeds")),
@@ -183,8 +190,37 @@ def toy_tolerances(*, rtol: float, atol: float, log10: float, orders: float, ste
 #: several variants end within a few orders of magnitude of float32's underflow (largest: 0.0014 absolute on
 #: a 0.01 drop, 0.12 in log10 for a probability, 0.24 for a ratio, 0.3 orders, 0.64 for a p-value, 20
 #: updates on 214), the wide set.
+#: Measured again after the readings, the sensitivity table and the tanh and linear controls were added
+#: (MKL_CBWR=COMPATIBLE, ATEN_CPU_CAPABILITY=default, OMP_NUM_THREADS=2): probabilities that end below
+#: 1e-30 (the per-prompt reading's S2: 3.5e-34 vs 8.4e-35) and ratios above 1e30 moved by up to 0.73 in
+#: log10, hence the floor of 1e-30 and 1.0 orders for the wide set.
 TOY_TOLERANCES = toy_tolerances(rtol=0.01, atol=1e-3, log10=0.1, orders=0.15, steps=(0.02, 3))
-TOY_TOLERANCES_NEAR_UNDERFLOW = toy_tolerances(rtol=0.02, atol=2e-3, log10=0.5, orders=0.6, steps=(0.1, 10))
+TOY_TOLERANCES_NEAR_UNDERFLOW = toy_tolerances(rtol=0.02, atol=2e-3, log10=0.5, orders=1.0, steps=(0.1, 10),
+                                               floor=1e-30)
+
+#: The tanh and linear controls are chaotic: a last-bit change in one matrix product moves single seeds'
+#: trajectories after a few hundred updates, and their seed means move within their 95% intervals
+#: (measured: up to 0.02 in a probability and 170 of 480 updates in a peak step for tanh). Compared with
+#: about twice that, which still separates them from the ReLU network they control for.
+CHAOTIC = "the tanh and linear controls are chaotic across CPU code paths (see the catalog)"
+CHAOTIC_RULES = tuple(
+    rule for net in ("tanh", "linear") for rule in (
+        (f"{net}.*_step*", Tol(rtol=0.5, atol=20, reason=CHAOTIC)),
+        (f"{net}.*grad_ratio_final*", Tol(tiny=math.inf, log10_atol=0.1, reason=CHAOTIC)),
+        (f"{net}.*", Tol(rtol=0.05, atol=0.04, tiny=1e-4, log10_atol=0.5, reason=CHAOTIC)),
+        (f"feature_overlap.{net}.*", Tol(atol=0.02, reason=CHAOTIC))))
+
+#: toy-scenarios' sensitivity rows are seed means of 8 seeds, and include the tanh and linear variants
+#: (above): measured up to 0.042 in a probability (tanh, S1 final) and 116 updates in a peak step.
+SENSITIVITY_RULES = (
+    ("readings.*_mass.*", Tol(rtol=0.02, atol=2e-3, tiny=1e-4, log10_atol=1.0, floor=1e-30, reason=(
+        "the per-prompt reading's S2 ends with about 1e-17 on the unseen responses, a mean dominated by "
+        "a few seeds: measured up to 0.73 in log10"))),
+    ("readings.*unpaired_gain.*", Tol(rtol=0.05, atol=2e-3, reason="measured up to 3% (per-prompt reading, S1)")),
+    ("sensitivity?*.scenarios.*_step", Tol(rtol=0.4, atol=20, reason="means of 8 seeds, chaotic variants included")),
+    ("sensitivity?*.scenarios.*", Tol(rtol=0.1, atol=0.08, tiny=1e-4, log10_atol=1.0, floor=1e-30,
+                                      reason="means of 8 seeds, chaotic variants included")),
+)
 
 
 #: The reading of 000 Sec. 3.2.2's SFT target (prefdyn.toy.READINGS), a parameter of the toy chapters.
@@ -222,7 +258,7 @@ register(Chapter(
         Param("p_init", "float", 0.12, "initial probability of every chosen-block and rejected response (000 Sec. 3.2.2: 0.12); the unseen responses share the rest", low=0.0, low_open=True, high=0.125, high_open=True),
         READING,
     ],
-    tolerances=TOY_TOLERANCES,
+    tolerances=toy_tolerances(rtol=0.01, atol=1e-3, log10=0.1, orders=0.15, steps=(0.02, 3), extra=CHAOTIC_RULES),
 ))
 
 register(Chapter(
@@ -243,7 +279,8 @@ register(Chapter(
         Param("sensitivity_sgd_lr", "float", 1.0, "sensitivity: the learning rate of the SGD variant", low=0.0, low_open=True, high=100.0),
     ],
     checks=[below("p_off", "p_on", "off-policy means less likely")],
-    tolerances=TOY_TOLERANCES_NEAR_UNDERFLOW,
+    tolerances=toy_tolerances(rtol=0.02, atol=2e-3, log10=0.5, orders=1.0, steps=(0.1, 10), floor=1e-30,
+                              extra=SENSITIVITY_RULES),
 ))
 
 register(Chapter(
@@ -263,7 +300,12 @@ register(Chapter(
         Param("dispersion_threshold", "float", 0.05, "Dispersion present when the mass on responses never paired with the prompt grew by at least this much", low=0.0, low_open=True, high=1.0),
         READING,
     ],
-    tolerances=TOY_TOLERANCES_NEAR_UNDERFLOW,
+    tolerances=toy_tolerances(rtol=0.02, atol=2e-3, log10=0.5, orders=1.0, steps=(0.1, 10), floor=1e-30, extra=(
+        ("matched_beta.beta=1.sft_dpo.grad_ratio_10_step.frac", Tol(atol=0.07, reason="fraction of 32 seeds: 2 seeds")),
+        ("matched_beta.beta=1.sft_dpo.grad_ratio_10_step.*", Tol(ignore=True, reason=(
+            "SFT-DPO at β = 1: only 2 of 32 seeds pass the ratio 10 (measured: 1 to 3 across CPU code paths), so "
+            "this is the mean and interval of 2 crossing steps; the fraction of seeds is compared"))),
+    )),
 ))
 
 # ------------------------------------------------------------------------------------------------
