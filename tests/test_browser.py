@@ -8,7 +8,8 @@ page it checks that
 - MathJax typeset every formula: it finished (``MathJax.startup.promise``), every ``.math`` element holds
   typeset output, no ``mjx-merror``, and no raw ``$$``, ``\\(``, ``\\[`` is left in the visible text;
 - every ``<img>`` loaded (``naturalWidth > 0``);
-- no cell output, ``pre`` (cell sources and code blocks included) or table is wider than the content column
+- no cell output, ``pre`` (cell sources and code blocks included), table or display equation is wider than
+  the content column
   (``scrollWidth > clientWidth``, or its right edge past the right edge of ``article.bd-article``,
   sphinx-book-theme's content column), and the page itself does not scroll sideways, at a 1280 x 800
   laptop viewport;
@@ -107,7 +108,8 @@ OVERFLOW_JS = """() => {
   if (!col) return {nocolumn: true, offenders: [], url: location.href, title: document.title,
                    body: (document.body ? document.body.innerText : '').slice(0, 200)};
   const box = col.getBoundingClientRect();
-  const sel = '.cell_output, .cell_output .output, pre, table, .pst-scrollable-table-container, div.highlight';
+  const sel = '.cell_output, .cell_output .output, pre, table, .pst-scrollable-table-container, div.highlight, '
+            + 'mjx-container[display="true"]';
   const seen = [];
   for (const el of col.querySelectorAll(sel)) {
     if (!el.getClientRects().length || !el.checkVisibility()) continue;

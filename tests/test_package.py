@@ -18,7 +18,7 @@ LIB = Path(prefdyn.__file__).parent
 LAYERS = {
     "validate": 0, "device": 0, "progress": 0, "stats": 0,
     "losses": 1,
-    "symbolic": 2, "records": 2, "toy": 3, "fields": 2, "printed": 3, "rlhf": 4, "bench": 4,
+    "symbolic": 2, "records": 2, "toy": 3, "fields": 2, "printed": 3, "rlhf": 4, "imbalance": 4, "probes": 4, "bench": 4,
     "regression": 2, "results": 2, "tables": 2, "plotting": 2,
     "chapters": 5, "sitebuild": 5, "cli": 6,
 }
@@ -92,3 +92,11 @@ def test_the_layer_check_can_fail(tmp_path):
     fake.write_text("from .. import cli\nfrom ..chapters.runner import run_chapter\nfrom .rng import hash_keys\n",
                     encoding="utf-8")
     assert _prefdyn_imports(fake, tmp_path) == {"cli", "chapters", "toy"}
+
+
+def test_imbalance_submodules_export_distinct_names():
+    """prefdyn.imbalance re-exports theory's and benchmark's names: a name in both would shadow one."""
+    from prefdyn.imbalance import benchmark, theory
+
+    both = set(theory.__all__) & set(benchmark.__all__)
+    assert not both, f"names exported by both prefdyn.imbalance.theory and .benchmark: {sorted(both)}"

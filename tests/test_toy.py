@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from prefdyn import bench, plotting, records, stats, toy, validate
+from prefdyn import bench, plotting, records, rlhf, stats, toy, validate
 from prefdyn import losses as L
 
 F64 = dict(dtype=torch.float64, device="cpu", progress=False)
@@ -497,3 +497,13 @@ def test_matched_beta_table_compares_at_the_same_beta():
     assert {r[0]: r[1][-1] for r in same.rows} == {"dpo": "(reference)", "ipo": "degradation"}
     with pytest.raises(ValueError, match="reference"):
         toy.matched_beta_table({"ipo": yes}, yes, 0.1, 0.1)
+
+
+def test_square_space_is_refused_by_the_pair_trainers_before_any_work():
+    """004's 20 x 20 space (n_rejected=0) has no rejected block: run_grid and run_rlhf say so at once."""
+    square = toy.ToySpec(n_prompts=5, n_rejected=0, n_unseen=0)
+    assert square.n_responses == 5
+    for call in (lambda: toy.run_grid([toy.ToyConfig("dpo")], 2, spec=square, steps=1, progress=False),
+                 lambda: rlhf.run_rlhf(2, spec=square, steps=1, progress=False)):
+        with pytest.raises(ValueError, match="n_rejected"):
+            call()

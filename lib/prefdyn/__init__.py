@@ -13,6 +13,7 @@ The library behind the executable book. One concept per module; the dependency d
 - ``prefdyn.records``   what a run records per step, the indicators read from it and their summaries;
 - ``prefdyn.stats``     means and intervals over seeds, curve bands, rank correlations;
 - ``prefdyn.rlhf``      reward model and KL-regularised policy optimisation on the toy (000 Sec. 4);
+- ``prefdyn.probes``    log-prob and gradient probes of Hugging Face causal LMs, a preference-training loop;
 - ``prefdyn.bench``     the batched trainer against a plain loop (``prefdyn bench toy``);
 - ``prefdyn.plotting``  the one plotting style of the book and its figure helpers;
 - ``prefdyn.tables``    tables of key numbers; ``prefdyn.results`` the chapters' JSON results;
@@ -33,7 +34,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("losses", "symbolic", "printed", "fields", "toy", "records", "stats", "rlhf", "bench", "plotting",
+_MODULES = ("losses", "symbolic", "printed", "fields", "toy", "records", "stats", "rlhf", "imbalance", "probes", "bench", "plotting",
             "tables", "results", "regression", "validate", "device", "progress", "chapters", "cli")
 __all__ = ["__version__", *_MODULES]
 

@@ -70,7 +70,7 @@ import torch
 from . import losses as L
 from . import records
 from .device import cpu_settings, resolve_device
-from .toy import (OPTIMIZERS, POLICIES, BatchedPolicy, ToyConfig, ToyRun, ToySpec, as_seeds, hash_keys,
+from .toy import (OPTIMIZERS, POLICIES, BatchedPolicy, ToyConfig, ToyRun, ToySpec, as_seeds, check_pairable, hash_keys,
                   make_optimizer, make_policy, resolve_init, sample_rejected, sft)
 from .validate import check_choice, check_int, check_positive
 
@@ -606,6 +606,7 @@ def run_rlhf(seeds=32, *, spec: ToySpec | None = None, init=None, policy: str = 
     reward model. Returns ``{method: RLHFRun}`` for ``methods`` (a subset of :data:`METHODS`; the reward
     model is always trained since the policies need it). All arguments are validated first.
     """
+    check_pairable(ToySpec() if spec is None else spec)
     methods = tuple(methods) if not isinstance(methods, str) else (methods,)
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["mean_ci", "geo_mean_ci", "curve_ci", "pow10", "clip", "rank_correlation"]
+__all__ = ["mean_ci", "geo_mean_ci", "curve_ci", "pow10", "clip", "rank_correlation", "paired_test", "holm"]
 
 
 def mean_ci(x, level: float = 0.95) -> dict[str, float]:
@@ -88,3 +88,40 @@ def rank_correlation(x, y) -> dict[str, float]:
         return {"spearman_rho": float("nan"), "p_value": float("nan"), "n_points": n}
     rho, p = stats.spearmanr(x[ok], y[ok])
     return {"spearman_rho": float(rho), "p_value": float(p), "n_points": n}
+
+
+def paired_test(x, y) -> dict[str, float]:
+    """Paired comparison of ``x`` with ``y`` (one value per seed each, same seeds in the same order):
+    the two-sided Wilcoxon signed-rank test of ``d = x - y`` (scipy's, exact for n <= 50 without ties or
+    zeros, else the normal approximation; zero differences are dropped, ``zero_method="wilcox"``).
+
+    Returns ``{"mean_diff", "p_value", "wins", "losses", "n"}``: wins/losses count the seeds with
+    ``x > y`` / ``x < y``; ``p_value`` is 1 when every difference is zero and NaN with fewer than two
+    finite pairs. Pairs with a NaN on either side are left out."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"y: expected {x.size} values paired with x, got {y.size}")
+    d = (x - y)[~(np.isnan(x) | np.isnan(y))]
+    out = {"mean_diff": float(d.mean()) if d.size else float("nan"), "p_value": float("nan"),
+           "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "n": int(d.size)}
+    if d.size >= 2:
+        out["p_value"] = 1.0 if not np.any(d != 0) else float(stats.wilcoxon(d).pvalue)
+    return out
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error rate): the
+    i-th smallest becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``; NaNs stay NaN and do not count
+    in ``m``. Same order as the input."""
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adj)
+    return out

@@ -329,6 +329,144 @@ register(Chapter(
 ))
 
 # ------------------------------------------------------------------------------------------------
+# Part 3 - Gradient imbalance (004)  ([8/11])
+# ------------------------------------------------------------------------------------------------
+def _fig1_rows(p):
+    """fig1_mu_p and fig1_mu_q have one entry per row, and mu_P < mu_Q in every row (004 Thm. 3)"""
+    a, b = p["fig1_mu_p"], p["fig1_mu_q"]
+    if len(a) != len(b):
+        return f"parameters 'fig1_mu_p' and 'fig1_mu_q' must have the same length (got {len(a)} and {len(b)})"
+    bad = [(x, y) for x, y in zip(a, b) if not x < y]
+    if bad:
+        return (f"parameter 'fig1_mu_p' must be below 'fig1_mu_q' in every row (004 Thm. 3 takes mu_P <= mu_Q, "
+                f"and mu_P = mu_Q has no shift) (got {bad[0][0]:g} and {bad[0][1]:g})")
+    return None
+
+
+def _rhos_feasible(p):
+    """every rho > -1/(n_responses - 1) (a common correlation below that is not a Gram matrix)"""
+    lo = -1.0 / (p["n_responses"] - 1)
+    bad = [r for r in p["rhos"] if not r > lo]
+    if bad:
+        return f"parameter 'rhos' must be above -1/(n_responses - 1) = {lo:.4g} (got {bad[0]:g})"
+    return None
+
+
+_fig1_rows.description = "len(fig1_mu_p) = len(fig1_mu_q), and fig1_mu_p < fig1_mu_q in every row (004 Thm. 3)"
+_rhos_feasible.description = "every rho > -1/(n_responses - 1) (a common correlation needs a Gram matrix)"
+
+#: The imbalance chapter's tolerances: float64 results are exact at 4 digits, except rounding residue
+#: (absolute tolerances far below any effect the chapter reports) and the float32 toy runs. Measured with
+#: ``scripts/measure_spread.py imbalance`` (the eight CPU variants): the float64 keys moved only within the
+#: residue rules; the toy keys by up to 2% (PPO's up to 5%, the largest within-prompt spread 4%).
+IMBALANCE_TOLERANCES = Tolerances(EXACT, (
+    ("one_step.thm1.*", Tol(atol=1e-9, reason="float64 rounding residue of an exact identity")),
+    ("one_step.balanced_exact.*", Tol(atol=1e-7, reason="float64 rounding residue of an exact identity "
+                                      "(ill-conditioned states; the effect it rules out is of order 1)")),
+    ("eq11_erratum.exact_max", Tol(atol=1e-7, reason="float64 rounding residue of an exact identity")),
+    ("one_step.sequential.*", Tol(rtol=1e-3, reason="second-order gaps down to 1e-12, a few hundred float64 "
+                                                    "rounding units")),
+    ("features.tabular.*", Tol(atol=1e-9, reason="float64 rounding residue: the tabular policy is exact")),
+    ("eq35.*.measured_spread", Tol(atol=1e-9, reason="float64 rounding residue of an exact identity")),
+    ("eq35.*.measured_mean", Tol(rtol=1e-9, reason="an exact identity up to float64 rounding")),
+    ("fig1_lemma2_max_abs_err", Tol(atol=1e-9, reason="float64 rounding residue of an exact identity")),
+    ("thm6_tabular.z_ratio_minus_ratio", Tol(atol=1e-12, reason="float64 rounding residue of an exact identity")),
+    ("toy.*share*", Tol(atol=0.03, reason="shares of steps or members from float32 training: a few comparisons "
+                                          "of nearly equal numbers flip across CPUs")),
+    ("toy.thm6.*.within_prompt_spread", Tol(rtol=0.1, reason="a largest difference over all steps, members and "
+                                                             "responses of a float32 run")),
+    ("toy.cor3.rlhf_ppo.*", Tol(rtol=0.1, atol=1e-3, tiny=1e-4, log10_atol=0.1,
+                                reason="PPO samples responses: a float32 difference can change a sample")),
+    ("toy.*", Tol(rtol=0.03, atol=1e-3, tiny=1e-4, log10_atol=0.1, reason="float32 training on a few seeds")),
+))
+
+register(Chapter(
+    id="imbalance",
+    title="Gradient imbalance: one step of DPO, exactly",
+    part="3 Gradient imbalance",
+    params=[
+        Param("seed", "int", 0, "seed of the random states, pairs and features", low=0, high=2**31 - 1),
+        loss_param("beta", ["dpo"], default=1.0, help="β of DPO (004 eq. 1; 004 takes β = 1), also the KL weight of the toy RLHF run"),
+        loss_param("beta_balanced", ["bdpo"], default=1.0, help="β of bDPO in the Prop. 2 run (004 eq. 28; 004 App. B: 1)"),
+        Param("c", "float", 1.0, "scale C of the balanced loss: the reward-model loss on the rewards r = c·π (004 eq. 11's C)", low=0.0, low_open=True, high=100.0),
+        Param("n_states", "int", 256, "random one-prompt states of the one-step checks", low=1, high=100000),
+        Param("n_responses", "int", 20, "responses per random state", low=3, high=10000),
+        Param("n_pairs", "int", 8, "preference pairs per state; one SGD step on their summed loss", low=1, high=10000),
+        Param("lrs", "list[float]", [0.1, 0.01, 0.001, 1e-4, 1e-5, 1e-6], "learning rates η of the one-step checks (the slopes need several decades)", low=0.0, low_open=True, high=10.0, min_len=2),
+        Param("widths", "list[int]", [4, 16, 64, 256, 1024], "widths N of the random features s = Φθ that break Assumption 2", low=1, high=65536),
+        Param("rhos", "list[float]", [-0.05, 0.25, 0.5], "common correlations c_ij of the logit gradients (004 App. C, eq. 35)", low=-1.0, low_open=True, high=1.0, high_open=True),
+        Param("sigma2", "float", 100.0, "σ² of P and Q in 004 Fig. 1", low=0.0, low_open=True, high=10000.0),
+        Param("fig1_mu_p", "list[float]", [45.0, 30.0, 48.0], "μ_P of the rows of 004 Fig. 1 (responses 0..99)", low=0.0, high=99.0),
+        Param("fig1_mu_q", "list[float]", [55.0, 70.0, 52.0], "μ_Q of the rows of 004 Fig. 1, each above its row's μ_P", low=0.0, high=99.0),
+        Param("noise", "float", 0.1, "004 Thm. 5: standard deviation of the perturbation ε_i, as a fraction of sd(w*)", low=0.0, low_open=True, high=10.0),
+        Param("draws", "int", 2000, "random draws of the checks of Lemmas 3-4 and Thms. 4, 5, 7", low=10, high=1000000),
+        Param("toy_seeds", "int", 4, "seeds of each toy run (Thm. 6, Prop. 2, Cor. 3); the members use seed, ..., seed+toy_seeds-1", low=2, high=4096),
+        Param("toy_steps", "int", 300, "Adam updates of each toy run", low=1, high=100000),
+        Param("toy_lr", "float", 0.001, "Adam learning rate of each toy run", low=0.0, low_open=True, high=1.0),
+        Param("tiny_reading", "float", 0.01, "Thm. 6 run: each other prompt's optimal response starts at this fraction of the chosen probability", low=0.0, low_open=True, high=1.0),
+    ],
+    checks=[_fig1_rows, _rhos_feasible],
+    tolerances=IMBALANCE_TOLERANCES,
+))
+
+def _primary_step_checked(p):
+    """primary_step is one of checkpoints"""
+    if p["primary_step"] not in p["checkpoints"]:
+        return (f"parameter 'primary_step' must be one of checkpoints "
+                f"({', '.join(str(c) for c in p['checkpoints'])}) (got {p['primary_step']})")
+    return None
+
+
+_primary_step_checked.description = "primary_step is one of checkpoints (the primary table's update)"
+
+
+#: bdpo-benchmark: float32 training (the toy's wide set) plus its counts of seeds and Holm p-values; its
+#: verdicts are decided by p < 0.05 on numbers that are themselves compared.
+BDPO_TOLERANCES = toy_tolerances(rtol=0.02, atol=2e-3, log10=0.5, orders=1.0, steps=(0.1, 10), floor=1e-30, extra=(
+    ("*.wins", Tol(atol=3, reason="seeds (of 16 or 32) on which a method beat DPO: a few near-ties flip")),
+    ("*.losses", Tol(atol=3, reason="seeds (of 16 or 32) on which a method lost to DPO: a few near-ties flip")),
+    ("*p_holm", Tol(tiny=math.inf, log10_atol=1.0, reason="Holm-adjusted p-values of paired Wilcoxon tests")),
+    ("mechanism.*", Tol(atol=3, rtol=0.1, reason="counts of significant comparisons in the grid: a few "
+                                                 "borderline tests flip")),
+    ("claims.*", Tol(ignore=True, reason="verdicts decided by Holm p < 0.05 on the compared table")),
+    ("where.*", Tol(ignore=True, reason="lists of the cells where a verdict holds (the verdicts above)")),
+))
+
+register(Chapter(
+    id="bdpo-benchmark",
+    title="Balanced DPO on 004's synthetic benchmark",
+    part="3 Gradient imbalance",
+    params=[
+        Param("seed", "int", 0, "first seed; the members use seeds seed, seed+1, ..., seed+n_seeds-1", low=0, high=2**31 - 1),
+        Param("n_seeds", "int", 32, "seeds of the primary (policy, optimiser) run; every comparison is paired over the seeds", low=2, high=4096),
+        Param("sensitivity_seeds", "int", 16, "seeds of the other (policy, optimiser) runs of the sensitivity grid (Holm over 21 tests needs at least 12 to decide)", low=2, high=4096),
+        Param("masks", "list[float]", [0.0, 0.2, 0.4], "mask rates: the fraction of each prompt's responses that never occur in the data (004 Table 1)", low=0.0, high=0.9),
+        Param("alpha", "float", 0.6, "α of the utility u(y|x) = exp(−α (y − x)²) (004 eq. 34, App. B)", low=0.0, low_open=True, high=100.0),
+        Param("ref_steps", "int", 300, "DPO updates that make the reference model (004 App. B)", low=0, high=100000),
+        Param("checkpoints", "list[int]", [100, 300, 1000], "updates after the reference at which every method is evaluated", low=1, high=100000),
+        Param("primary_step", "int", 300, "the checkpoint of the primary comparison (one of checkpoints)", low=1, high=100000),
+        Param("policy", "str", "tabular", "policy of the primary comparison: one free logit per cell (004 eq. 6) or the small MLP", choices=["tabular", "mlp"]),
+        Param("optimizer", "str", "adam", "optimiser of the primary comparison", choices=["adam", "sgd"]),
+        Param("pairs", "str", "uniform", "pair sampling of the primary comparison: uniform over a prompt's unmasked responses, or from the reference policy", choices=["uniform", "reference"]),
+        Param("lr", "float", 0.01, "Adam learning rate of the tabular policy", low=0.0, low_open=True, high=10.0),
+        Param("sgd_lr", "float", 2.5, "SGD learning rate of the tabular policy", low=0.0, low_open=True, high=1000.0),
+        Param("mlp_lr", "float", 0.0016, "Adam learning rate of the MLP", low=0.0, low_open=True, high=10.0),
+        Param("mlp_sgd_lr", "float", 0.6, "SGD learning rate of the MLP", low=0.0, low_open=True, high=1000.0),
+        Param("hidden", "int", 32, "hidden width of the small MLP", low=1, high=4096),
+        Param("depth", "int", 1, "hidden layers of the small MLP", low=1, high=8),
+        Param("pairs_per_prompt", "int", 4, "fresh preference pairs per prompt and update (all prompts in every update)", low=1, high=1024),
+        Param("mask_optimal", "bool", True, "whether the optimal response y = x may be masked (004 does not say)"),
+        loss_param("beta", ["dpo", "ipo", "sft_dpo"], default=1.0, help="β of DPO, IPO and SFT-DPO (004 App. B: β = 1 for all algorithms)"),
+        loss_param("beta_balanced", ["nbdpo", "nbdpo_v2", "bdpo"], default=1.0, help="β of nbDPO, nbDPO v2 and bDPO (004 App. B: 1)"),
+        loss_param("clip", ["nbdpo", "nbdpo_v2"], default=0.5, help="Δλ_max of nbDPO and nbDPO v2 (004 eq. 26, App. B: 0.5)"),
+        loss_param("gamma", ["sft_dpo"], default=0.1, help="weight γ of SFT-DPO's SFT term (000 eq. 7; the book's default)"),
+        Param("device", "str", "cpu", "where to train: cpu (the golden chapter), cuda, or auto (CUDA when available)", choices=["cpu", "cuda", "auto"]),
+    ],
+    checks=[_primary_step_checked],
+    tolerances=BDPO_TOLERANCES,
+))
+
+# ------------------------------------------------------------------------------------------------
 # Back matter: performance  ([4/7] bench; [7/7] extends it)
 # ------------------------------------------------------------------------------------------------
 register(Chapter(

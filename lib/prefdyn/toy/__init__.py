@@ -87,7 +87,7 @@ from .optim import OPTIMIZERS, BatchedAdam, BatchedSGD, make_optimizer
 from .policy import (ACTIVATIONS, POLICIES, BatchedPolicy, MLPPolicy, TabularPolicy, as_seeds, log_softmax_responses,
                      make_policy)
 from .rng import counter_uniform, hash_keys
-from .space import (READINGS, SCENARIO_LABELS, SCENARIOS, ToySpec, initial_distribution, other_probability,
+from .space import (READINGS, SCENARIO_LABELS, SCENARIOS, ToySpec, check_pairable, initial_distribution, other_probability,
                     resolve_init, sample_rejected, scenario_distribution)
 from .sensitivity import FACTORS, SENSITIVITY_KEYS, Variant, scenario_sensitivity, scenario_variants
 from .train import (ToyConfig, ToyRun, feature_overlap, first_step_transfer, logit_change, output_change, run_grid,
@@ -97,7 +97,7 @@ from .verdicts import (EXTREMES, PHASE_CHECKS, PROP1_SIGNS, SCENARIO_CLAIMS, THR
                        scenario_claims, three_d)
 
 __all__ = [
-    "ToySpec", "READINGS", "other_probability", "SCENARIOS", "SCENARIO_LABELS", "initial_distribution", "scenario_distribution", "resolve_init",
+    "ToySpec", "check_pairable", "READINGS", "other_probability", "SCENARIOS", "SCENARIO_LABELS", "initial_distribution", "scenario_distribution", "resolve_init",
     "sample_rejected", "counter_uniform", "hash_keys",
     "BatchedPolicy", "TabularPolicy", "MLPPolicy", "POLICIES", "ACTIVATIONS", "make_policy", "as_seeds",
     "log_softmax_responses", "BatchedAdam", "BatchedSGD", "OPTIMIZERS", "make_optimizer",

@@ -12,7 +12,7 @@ import torch
 from ..validate import check_choice, check_int, check_number
 from .rng import hash_keys
 
-__all__ = ["ToySpec", "READINGS", "other_probability", "initial_distribution", "SCENARIOS", "SCENARIO_LABELS", "scenario_distribution",
+__all__ = ["ToySpec", "check_pairable", "READINGS", "other_probability", "initial_distribution", "SCENARIOS", "SCENARIO_LABELS", "scenario_distribution",
            "resolve_init", "sample_rejected"]
 
 
@@ -22,6 +22,9 @@ class ToySpec:
 
     Responses ``0..n_prompts-1`` form the chosen block (response p is optimal for prompt p), then
     ``n_rejected`` rejected responses, then ``n_unseen`` responses that never occur in the data.
+    ``n_rejected=0, n_unseen=0`` is a square space with one optimal response per prompt and nothing
+    else (004 Sec. 6.1's 20 x 20 benchmark, :mod:`prefdyn.imbalance.benchmark`); it has no rejected
+    block, so :func:`sample_rejected` (000's pairs) refuses it.
     """
 
     n_prompts: int = 4
@@ -29,7 +32,7 @@ class ToySpec:
     n_unseen: int = 2
 
     def __post_init__(self):
-        for name, low in (("n_prompts", 1), ("n_rejected", 1), ("n_unseen", 0)):
+        for name, low in (("n_prompts", 1), ("n_rejected", 0), ("n_unseen", 0)):
             check_int(name, getattr(self, name), low)
 
     @property
@@ -181,11 +184,23 @@ def resolve_init(spec: ToySpec, init) -> torch.Tensor:
     return t
 
 
+def check_pairable(spec: "ToySpec") -> "ToySpec":
+    """``spec`` if 000's pairs (a prompt's optimal response against one of the rejected block) can be
+    drawn in it, else a one-line ``ValueError``: the square space of 004's benchmark
+    (``n_rejected=0``) has no rejected block. Trainers call it before any heavy work."""
+    if not isinstance(spec, ToySpec):
+        raise ValueError(f"spec: expected a ToySpec, got {type(spec).__name__}")
+    if spec.n_rejected < 1:
+        raise ValueError(f"spec: 000's pairs need a rejected block (n_rejected >= 1), got n_rejected={spec.n_rejected}")
+    return spec
+
+
 def sample_rejected(spec: ToySpec, seeds: torch.Tensor, steps: torch.Tensor, pairs_per_prompt: int) -> torch.Tensor:
     """Rejected responses of the pairs: int64 ``[T, M, P, K]`` for step indices ``steps [T]``.
 
     Uniform over the rejected block, a function of (seed, step, prompt, slot) only (counter-based hash).
     """
+    check_pairable(spec)
     P, K = spec.n_prompts, pairs_per_prompt
     dev = seeds.device
     h = hash_keys(seeds.view(1, -1, 1, 1), 2, steps.view(-1, 1, 1, 1).to(dev),

@@ -17,7 +17,7 @@ from ..records import RECORD_ORDER, RECORDS, record_row, role_weights
 from ..validate import check_choice, check_int, check_positive
 from .optim import OPTIMIZERS, make_optimizer
 from .policy import POLICIES, BatchedPolicy, TabularPolicy, as_seeds, make_policy
-from .space import ToySpec, resolve_init, sample_rejected
+from .space import ToySpec, check_pairable, resolve_init, sample_rejected
 
 #: How :func:`run_grid` draws the preference pairs: new rejected responses every step, or one set
 #: (the step-0 draw) reused at every step.
@@ -184,9 +184,7 @@ def run_grid(configs, seeds=32, *, spec: ToySpec | None = None, policy: str = "m
     docstring for the reading of the paper's set-up. On the CPU the work runs inside
     :class:`cpu_settings` (``threads`` intra-op threads, subnormals flushed).
     """
-    spec = ToySpec() if spec is None else spec
-    if not isinstance(spec, ToySpec):
-        raise ValueError(f"spec: expected a ToySpec, got {type(spec).__name__}")
+    spec = check_pairable(ToySpec() if spec is None else spec)
     configs = _normalise_configs(configs)
     seed_t = as_seeds(seeds)
     check_int("steps", steps, 0)
