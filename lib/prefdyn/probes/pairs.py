@@ -68,6 +68,17 @@ def _ids(name: str, i: int, seq: Any) -> tuple[int, ...]:
     return tuple(int(t) for t in out)
 
 
+def _check_count(prompt: Sequence, chosen: Sequence, rejected: Sequence) -> int:
+    """The number of pairs, or a one-line ``ValueError`` for none or for mismatched lengths."""
+    n = len(prompt)
+    if len(chosen) != n or len(rejected) != n:
+        raise ValueError(f"pairs: prompt, chosen and rejected must have equal lengths, got {n}, {len(chosen)}, "
+                         f"{len(rejected)}")
+    if n == 0:
+        raise ValueError("pairs: expected at least one preference pair, got none")
+    return n
+
+
 def token_pairs(prompt: Sequence, chosen: Sequence, rejected: Sequence, *, max_length: int | None = None,
                 truncation: str = "keep_start") -> TokenPairs:
     """Checked :class:`TokenPairs` from three equally long sequences of token-id lists.
@@ -84,12 +95,7 @@ def token_pairs(prompt: Sequence, chosen: Sequence, rejected: Sequence, *, max_l
     response token needs a token to be predicted from: add the tokenizer's BOS), or a response with zero
     tokens after truncation (naming the pair).
     """
-    n = len(prompt)
-    if len(chosen) != n or len(rejected) != n:
-        raise ValueError(f"pairs: prompt, chosen and rejected must have equal lengths, got {n}, {len(chosen)}, "
-                         f"{len(rejected)}")
-    if n == 0:
-        raise ValueError("pairs: expected at least one preference pair, got none")
+    _check_count(prompt, chosen, rejected)
     check_choice("truncation", truncation, TRUNCATIONS)
     if max_length is not None:
         check_int("max_length", max_length, 2)
@@ -125,12 +131,7 @@ def tokenize_pairs(tokenizer: Any, prompt: Sequence[str], chosen: Sequence[str],
     ``add_eos`` appends the tokenizer's EOS to each response's text (unless it ends with it), ``prompt``
     and ``prompt + response`` are tokenized separately (with the tokenizer's own special tokens), and the
     response is what follows their common prefix. Then :func:`token_pairs` checks and truncates."""
-    n = len(prompt)
-    if len(chosen) != n or len(rejected) != n:
-        raise ValueError(f"pairs: prompt, chosen and rejected must have equal lengths, got {n}, {len(chosen)}, "
-                         f"{len(rejected)}")
-    if n == 0:
-        raise ValueError("pairs: expected at least one preference pair, got none")
+    _check_count(prompt, chosen, rejected)
     for name, texts in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
         for i, t in enumerate(texts):
             if not isinstance(t, str):
