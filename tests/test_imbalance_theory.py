@@ -436,3 +436,59 @@ def test_chapter_parameter_checks():
     with pytest.raises(ParameterError, match="rhos"):
         ch.resolve({"rhos": [-0.5]})
     assert ch.resolve({})["beta"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------ review additions
+def test_share_error_exceeds_change_brute_force(small):
+    res = T.one_step(small, [0.5, 1e-6])
+    out = T.share_error_exceeds_change(res, ["eq12", "eq14"], 0)
+    a, p = _np(res.actual["dpo_dp"][0]), _np(res.predicted["eq12"][0])
+    n = sum(abs(p[s, r] - a[s, r]) > abs(a[s, r]) for s in range(a.shape[0]) for r in range(a.shape[1]))
+    assert out["eq12"] == pytest.approx(n / a.size)
+    assert T.share_error_exceeds_change(res, ["thm1"], 0)["thm1"] == 0.0      # Thm. 1 is exact
+    assert T.share_error_exceeds_change(res, ["eq12"], 1)["eq12"] <= out["eq12"]
+
+
+def test_feature_size_scan_matches_feature_check_and_sqrt_r_over_n():
+    out = T.feature_size_scan([6], [16, 2048], 1e-6, n_states=48, n_pairs=4, seed=1)
+    ref = T.feature_check(T.random_states(48, 6, 4, 1), [16, 2048], 1e-6, seed=1)["rows"]
+    row = out["rows"]["6"]
+    assert row["16"]["median_rel_err_ds"] == ref["16"]["median_rel_err_ds"]
+    assert row["2048"]["sqrt_r_over_n"] == pytest.approx(math.sqrt(6 / 2048))
+    # N >> R: the neglected terms sum_j c_ij g_j give a relative error of about sqrt(R/N)
+    assert 0.6 < row["2048"]["ds_over_sqrt_r_over_n"] < 1.4
+    with pytest.raises(ValueError, match="n_responses"):
+        T.feature_size_scan([], [16], 1e-6)
+
+
+def test_theorem5_standard_error_against_numpy():
+    g = torch.Generator().manual_seed(2)
+    p = torch.softmax(torch.randn(15, generator=g, dtype=DT), -1)
+    ws = torch.randn(15, generator=g, dtype=DT)
+    out = T.theorem5(p, ws, 0.3, 40, seed=4)
+    eps = _np(torch.randn(40, 15, generator=torch.Generator().manual_seed(4), dtype=DT)) * 0.3 * np.std(_np(ws))
+    pn = _np(p) / np.sqrt(np.mean(_np(p) ** 2))
+    w = _np(ws) + eps
+    d = (np.var(w, axis=1) - np.var(_np(ws))) * np.mean(pn ** 2) - (np.var(w * pn, axis=1) - np.var(_np(ws) * pn))
+    se = d.std(ddof=1) / np.sqrt(40)
+    assert out["diff_mean"] == pytest.approx(d.mean(), rel=1e-10)
+    assert out["diff_se"] == pytest.approx(se, rel=1e-10)
+    assert out["z"] == pytest.approx(d.mean() / se, rel=1e-10)
+
+
+def test_unpaired_growth_bound_margin_brute_force(tiny_runs):
+    for pol in ("tabular", "mlp"):
+        run = tiny_runs[pol]
+        masks = run.spec.role_masks()
+        un = (masks["other"] | masks["unseen"]).numpy()
+        pr = run.probs.astype(np.float64)
+        T_, M, P, R = pr.shape
+        margins = []
+        for m in range(M):
+            for x in range(P):
+                idx = [r for r in range(R) if un[x, r]]
+                bound = -np.log10(pr[0, m, x, idx].sum())
+                peak = max(np.log10(pr[t, m, x, r] / pr[0, m, x, r]) for t in range(T_) for r in idx)
+                margins.append(bound - peak)
+        assert T.unpaired_growth(run)["bound_margin_min"] == pytest.approx(min(margins), rel=1e-9, abs=1e-12)
+    assert T.unpaired_growth(tiny_runs["tabular"])["bound_margin_min"] >= -1e-6   # Z0/Zt <= 1/pi0(U)

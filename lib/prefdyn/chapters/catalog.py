@@ -370,6 +370,8 @@ IMBALANCE_TOLERANCES = Tolerances(EXACT, (
     ("eq35.*.measured_spread", Tol(atol=1e-9, reason="float64 rounding residue of an exact identity")),
     ("eq35.*.measured_mean", Tol(rtol=1e-9, reason="an exact identity up to float64 rounding")),
     ("fig1_lemma2_max_abs_err", Tol(atol=1e-9, reason="float64 rounding residue of an exact identity")),
+    ("off_by_more_than_change.*", Tol(atol=1e-3, reason="shares of entries from float64 comparisons of an "
+                                                        "error with a change: an entry near equality can flip")),
     ("thm6_tabular.z_ratio_minus_ratio", Tol(atol=1e-12, reason="float64 rounding residue of an exact identity")),
     ("toy.*share*", Tol(atol=0.03, reason="shares of steps or members from float32 training: a few comparisons "
                                           "of nearly equal numbers flip across CPUs")),
@@ -404,6 +406,8 @@ register(Chapter(
         Param("toy_steps", "int", 300, "Adam updates of each toy run", low=1, high=100000),
         Param("toy_lr", "float", 0.001, "Adam learning rate of each toy run", low=0.0, low_open=True, high=1.0),
         Param("tiny_reading", "float", 0.01, "Thm. 6 run: each other prompt's optimal response starts at this fraction of the chosen probability", low=0.0, low_open=True, high=1.0),
+        Param("scan_responses", "list[int]", [5, 20, 80], "numbers of responses R of the random-feature scan (the error of Thms. 1-2 against sqrt(R/N))", low=2, high=4096, min_len=1),
+        Param("scan_states", "int", 64, "random states per R of the random-feature scan", low=1, high=100000),
     ],
     checks=[_fig1_rows, _rhos_feasible],
     tolerances=IMBALANCE_TOLERANCES,

@@ -78,8 +78,9 @@ __all__ = [
     "thm1_logit_update", "prob_change", "first_order_prob_update", "eq12_prob_update", "eq11_logit_update",
     "balanced_logit_update", "eq14_prob_update", "balanced_prob_update", "one_step", "OneStep",
     "PREDICTIONS", "error_table", "eq11_erratum", "loglog_slope", "error_by_max_prob", "sequential_gap",
+    "share_error_exceeds_change",
     # 2. Assumption 2 broken
-    "feature_check", "correlated_check",
+    "feature_check", "feature_size_scan", "correlated_check",
     # 3. Fig. 1 and Thm. 3
     "gaussian_probs", "fig1_curves", "local_extrema", "theorem3", "fig1_summary", "SAMPLINGS",
     # 4. Lemmas 3-4, Thms. 4, 5, 7
@@ -400,6 +401,18 @@ def eq11_erratum(res: OneStep, lr_index: int = -1) -> dict[str, float]:
             "exact_max": float(ex.max()), "share_corrected_closer": float((co < pr).double().mean())}
 
 
+def share_error_exceeds_change(res: OneStep, names: Sequence[str], lr_index: int = 0) -> dict[str, float]:
+    """Per prediction in ``names``: the share of the (state, response) entries at ``res.lrs[lr_index]`` whose
+    error ``|pred - actual|`` is larger than the actual change ``|actual|`` itself (entries where the
+    prediction is off by more than 100%, e.g. a first-order term that the second order outweighs)."""
+    out = {}
+    for n in names:
+        a = res.actual[PREDICTIONS[n][1]][lr_index]
+        e = (res.predicted[n][lr_index] - a).abs()
+        out[n] = float((e > a.abs()).double().mean())
+    return out
+
+
 def sequential_gap(states: PairStates, lrs, *, beta: float = 1.0) -> dict[str, list[float]]:
     """One step on the summed DPO loss against ``K`` one-pair steps in sequence (pair 1 first), per
     learning rate: the largest ``|s_sum - s_seq|`` over states and responses, and that divided by
@@ -501,6 +514,30 @@ def feature_check(states: PairStates, widths: Sequence[int], eta: float, *, beta
                                        if len(widths) > 1 else float("nan")),
     }
     return {"eta": eta, "rows": rows, "slopes": slopes}
+
+
+def feature_size_scan(n_responses: Sequence[int], widths: Sequence[int], eta: float, *, n_states: int = 64,
+                      n_pairs: int = 8, beta: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """How the error of 004 eq. 10/12 under random features (:func:`feature_check`) depends on the number
+    ``R`` of responses as well as the width ``N``. With ``E[c_ij^2] = 1/N`` the neglected term of a logit's
+    step, ``sum_{j != i} c_ij |Phi_i||Phi_j| dl/ds_j``, has size ``~ N^(-1/2) |dl/ds|``, for each of the ``R``
+    logits, so the relative error of ``Delta s`` over all ``R`` logits should be about ``sqrt(R/N)``.
+    Per ``R`` (fresh :func:`random_states` with ``n_states`` states and ``n_pairs`` pairs) and ``N``: the
+    median relative errors of ``Delta s`` and ``Delta pi`` and each divided by ``sqrt(R/N)``."""
+    Rs = [check_int("n_responses", r, 2) for r in n_responses]
+    if not Rs:
+        raise ValueError("n_responses: expected at least one number of responses, got []")
+    out: dict[str, Any] = {"eta": float(eta), "widths": [int(n) for n in widths], "rows": {}}
+    for R in Rs:
+        st = random_states(n_states, R, n_pairs, seed)
+        rows = feature_check(st, widths, eta, beta=beta, seed=seed)["rows"]
+        out["rows"][str(R)] = {str(n): {
+            "sqrt_r_over_n": math.sqrt(R / n),
+            "median_rel_err_ds": rows[str(n)]["median_rel_err_ds"],
+            "median_rel_err_dp": rows[str(n)]["median_rel_err_dp"],
+            "ds_over_sqrt_r_over_n": rows[str(n)]["median_rel_err_ds"] / math.sqrt(R / n),
+            "dp_over_sqrt_r_over_n": rows[str(n)]["median_rel_err_dp"] / math.sqrt(R / n)} for n in widths}
+    return out
 
 
 def correlated_check(states: PairStates, rhos: Sequence[float], eta: float, *, beta: float = 1.0) -> dict[str, Any]:
@@ -683,8 +720,9 @@ def theorem5(p: torch.Tensor, w_star: torch.Tensor, noise: float, draws: int, se
     """004 Thm. 5 (eq. 22) for one policy ``p [n]`` and unperturbed ``w* [n]``: ``draws`` perturbations
     ``w = w* + eps`` with ``eps_i`` i.i.d. ``N(0, (noise sd(w*))^2)`` (004 eq. 67's form), variances over
     ``A_0`` (``subset``, a boolean mask; default all of A), ``E_A[p^2]`` over A, ``p`` normalised over A.
-    Returns the share of draws with ``lhs <= rhs``, the means of both sides, and whether the condition
-    ``E_{A_0}[p^2] >= E_A[p^2]`` (eq. 21) holds."""
+    Returns the share of draws with ``lhs <= rhs``, the means of both sides, the mean of ``lhs - rhs`` with
+    its Monte Carlo standard error over the draws (``diff_se``, ``sd / sqrt(draws)``) and ``z = mean / se``
+    (paired over the draws), and whether the condition ``E_{A_0}[p^2] >= E_A[p^2]`` (eq. 21) holds."""
     draws = check_int("draws", draws, 1)
     check_number("noise", noise, 0.0, low_open=True)
     pn = normalised(p)
@@ -696,8 +734,11 @@ def theorem5(p: torch.Tensor, w_star: torch.Tensor, noise: float, draws: int, se
     p0, w0, ws0 = pn[m], w[:, m], w_star[m]
     lhs = (_var(w0) - _var(ws0)) * e2_a
     rhs = _var(w0 * p0) - _var(ws0 * p0)
+    diff = lhs - rhs
+    se = float(diff.std(unbiased=True) / math.sqrt(draws)) if draws > 1 else float("nan")
     return {"share_holds": float((lhs <= rhs).double().mean()), "lhs_mean": float(lhs.mean()),
-            "rhs_mean": float(rhs.mean()), "condition": bool((p0 * p0).mean() >= e2_a),
+            "rhs_mean": float(rhs.mean()), "diff_mean": float(diff.mean()), "diff_se": se,
+            "z": float(diff.mean()) / se if se > 0 else float("nan"), "condition": bool((p0 * p0).mean() >= e2_a),
             "subset_size": int(m.sum())}
 
 
@@ -833,7 +874,9 @@ def unpaired_growth(run) -> dict[str, float]:
     peak (``peak_max``), its final mean, the mean initial probability, the peak of the same mean for the
     unseen responses (in no pair at all, ``unseen_peak_mean``), and the largest bound
     ``log10 1/pi_0(U|x)`` that the normaliser of a tabular policy allows (``U`` = responses never paired
-    with x: their logits never move, so they all grow by ``Z_0/Z_t <= 1/pi_0(U|x)``)."""
+    with x: their logits never move, so they all grow by ``Z_0/Z_t <= 1/pi_0(U|x)``), and the smallest
+    margin to that bound, per member and prompt (``bound_margin_min``: ``log10 1/pi_0(U|x)`` minus the
+    largest peak gain of the prompt's unpaired responses; negative: the bound is exceeded)."""
     if run.probs is None:
         raise ValueError("run: expected a toy run with record_probs=True")
     masks = run.spec.role_masks()
@@ -853,6 +896,8 @@ def unpaired_growth(run) -> dict[str, float]:
     out["tabular_bound_max"] = float((-np.log10((pr[0] * unpaired).sum(-1))).max())
     gains = np.where(unpaired[None, None], np.log10(pr / pr[0:1]), np.nan)       # [T, M, P, R]
     out["within_prompt_spread"] = float(np.nanmax(np.nanmax(gains, -1) - np.nanmin(gains, -1)))
+    bound = -np.log10((pr[0] * unpaired).sum(-1))                                 # [M, P]
+    out["bound_margin_min"] = float((bound - np.nanmax(gains, axis=(0, 3))).min())
     return out
 
 
