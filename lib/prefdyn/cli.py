@@ -5,6 +5,7 @@
     prefdyn book [--only CHAPTER ...] [--no-execute] [--no-build]
     prefdyn check CHAPTER [RUN_JSON] [--device D]  a run's key numbers vs the book's, under the chapter's tolerances
     prefdyn bench toy [...]                        batched vs looped toy trainer (see prefdyn.bench)
+    prefdyn bench probes [...]                     LLM probes vs a plain loop and vs TRL's DPOTrainer
     prefdyn --version
 
 Exit codes: 0 success; 1 a chapter or the site build failed, ``check`` found numbers beyond tolerance, or its files could not be moved into place;
@@ -168,11 +169,23 @@ def _cmd_check(args) -> int:
     return 0
 
 
+_TOY_ONLY = ("members", "loop_members", "loss", "device", "loop_threads")
+_PROBES_ONLY = ("pairs", "batch", "repeats", "optimizer", "model_path")
+
+
 def _cmd_bench(args) -> int:
     """``prefdyn bench toy``: runs :func:`prefdyn.bench.bench` from the parsed arguments (``None`` takes
-    its defaults; ``--out`` defaults to ``runs/bench/toy.json``), prints every number."""
-    if args.what != "toy":
-        raise ParameterError(f"unknown benchmark '{args.what}' (available: toy)")
+    its defaults; ``--out`` defaults to ``runs/bench/toy.json``), prints every number.
+    ``prefdyn bench probes``: :func:`_cmd_bench_probes`."""
+    if args.what not in ("toy", "probes"):
+        raise ParameterError(f"unknown benchmark '{args.what}' (available: toy, probes)")
+    other = _PROBES_ONLY if args.what == "toy" else _TOY_ONLY
+    for name in other:
+        if getattr(args, name, None) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise ParameterError(f"{flag}: not an option of the {args.what} benchmark")
+    if args.what == "probes":
+        return _cmd_bench_probes(args)
     from pathlib import Path
 
     from .bench import bench
@@ -223,6 +236,63 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_bench_probes(args) -> int:
+    """``prefdyn bench probes``: runs :func:`prefdyn.bench.bench_probes` from the parsed arguments
+    (``--out`` defaults to ``runs/bench/probes.json``), prints every number and a summary."""
+    from pathlib import Path
+
+    from .bench import PROBES_OPTIMIZERS, bench_probes
+    from .validate import check_choice, check_int
+
+    def get(name, default):
+        v = getattr(args, name, None)
+        return default if v is None else v
+
+    out = get("out", "runs/bench/probes.json")
+    pairs, steps, batch = get("pairs", 64), get("steps", 20), get("batch", 8)
+    threads, repeats, optimizer = get("threads", 1), get("repeats", 3), get("optimizer", "adamw")
+    model_path = get("model_path", None)
+    try:
+        check_int("--pairs", pairs, 1)
+        check_int("--steps", steps, 1)
+        check_int("--batch", batch, 1, pairs)
+        check_int("--threads", threads, 1)
+        check_int("--repeats", repeats, 1)
+        check_choice("--optimizer", optimizer, tuple(PROBES_OPTIMIZERS))
+        if model_path is not None:
+            from .probes.train import _model_dir
+            _model_dir(model_path)
+    except ValueError as exc:
+        msg = " ".join(str(exc).split())
+        if msg.startswith("model_path:"):
+            msg = "--model-path" + msg[len("model_path"):]
+        raise ParameterError(msg) from None
+    if not str(out).strip() or Path(out).is_dir():
+        raise ParameterError(f"--out: expected a JSON file, got {str(out)!r}" + (" (a folder)" if str(out).strip() else ""))
+    try:
+        import datasets  # noqa: F401
+        import transformers  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as exc:
+        raise ParameterError(f"trl: the probes benchmark needs transformers, datasets and trl (the test extra "
+                             f"'trl'), got {' '.join(str(exc).split())}") from None
+    res = bench_probes(pairs=pairs, steps=steps, batch=batch, threads=threads, repeats=repeats, optimizer=optimizer,
+                       model_path=model_path, out=out)
+    for k, v in res.items():
+        if isinstance(v, list):
+            v = "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
+        print(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}")
+    print(f"summary: log-probs batched {res['logprob_batched_pairs_per_s']:.4g} pairs/s "
+          f"({res['logprob_batched_tokens_per_s']:.4g} tokens/s) vs one at a time "
+          f"{res['logprob_loop_pairs_per_s']:.4g} pairs/s ({res['logprob_loop_tokens_per_s']:.4g} tokens/s), "
+          f"{res['logprob_ratio']:.2f}x; DPO step ours {res['ours_ms_per_step']:.3g} ms = "
+          f"{res['ours_pairs_per_s']:.4g} pairs/s vs TRL {res['trl_ms_per_step']:.3g} ms = "
+          f"{res['trl_pairs_per_s']:.4g} pairs/s, {res['train_ratio']:.2f}x (model work alone "
+          f"{res['floor_ms_per_step']:.3g} ms); losses max |diff| {res['loss_max_abs_diff']:.2g}")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prefdyn", description="The executable book on the training dynamics of DPO.")
     parser.add_argument("--version", action="version", version=f"prefdyn {__version__}")
@@ -260,18 +330,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("bench", help="benchmarks (toy: batched vs looped toy trainer)")
-    p.add_argument("what", help="which benchmark: toy")
-    p.add_argument("--members", type=int, default=256, help="ensemble members (default 256)")
+    p = sub.add_parser("bench", help="benchmarks (toy: batched vs looped toy trainer; probes: LLM log-probs "
+                       "and DPO step vs a plain loop and TRL's DPOTrainer)")
+    p.add_argument("what", help="which benchmark: toy or probes")
+    p.add_argument("--members", type=int, default=None, help="toy: ensemble members (default 256)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the benchmark's own)")
     p.add_argument("--loop-members", type=int, default=None,
-                   help="time the plain loop on this many members and scale linearly (default: all)")
-    p.add_argument("--loss", default="dpo", help="loss of prefdyn.losses (default dpo)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+                   help="toy: time the plain loop on this many members and scale linearly (default: all)")
+    p.add_argument("--loss", default=None, help="toy: loss of prefdyn.losses (default dpo)")
+    p.add_argument("--device", default=None, help="toy: auto, cpu or cuda (default auto)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the batched trainer (default 1)")
     p.add_argument("--loop-threads", type=int, default=None,
-                   help="torch intra-op threads of the plain loop (default: --threads)")
-    p.add_argument("--out", default=None, help="JSON file for the result (default runs/bench/toy.json)")
+                   help="toy: torch intra-op threads of the plain loop (default: --threads)")
+    p.add_argument("--pairs", type=int, default=None, help="probes: preference pairs (default 64)")
+    p.add_argument("--batch", type=int, default=None, help="probes: pairs per update and per forward (default 8)")
+    p.add_argument("--repeats", type=int, default=None, help="probes: timed runs of each side, median (default 3)")
+    p.add_argument("--optimizer", default=None, help="probes: adamw or sgd, the same on both sides (default adamw)")
+    p.add_argument("--model-path", default=None, help="probes: a local Hugging Face model directory (default: "
+                   "a 4-layer GPT-2 built in memory)")
+    p.add_argument("--out", default=None, help="JSON file for the result (default runs/bench/<what>.json)")
     p.set_defaults(func=_cmd_bench)
     return parser
 
