@@ -28,7 +28,7 @@ def test_square_spec_and_the_toy_spec_unchanged():
     assert (default.n_prompts, default.n_rejected, default.n_unseen, default.n_responses) == (4, 4, 2, 10)
     with pytest.raises(ValueError, match="n_rejected: expected an integer >= 0"):
         toy.ToySpec(n_rejected=-1)
-    with pytest.raises(ValueError, match="^spec: sampling rejected responses needs n_rejected >= 1, got 0$"):
+    with pytest.raises(ValueError, match=r"^spec: 000's pairs need a rejected block \(n_rejected >= 1\), got n_rejected=0$"):
         toy.sample_rejected(spec, torch.tensor([0]), torch.arange(2), 2)
     rej = toy.sample_rejected(default, torch.tensor([0, 1]), torch.arange(3), 4)
     assert rej.min() >= 4 and rej.max() <= 7                      # still the rejected block 5-8
@@ -304,12 +304,18 @@ def test_compare_rows_claims_and_mask_effect():
     masked = np.zeros((6, 3, S))
     c = B.claims(rows, values, methods, masks, masked + 0.1, np.full((3, S), 0.2))
     assert c == {"most_beat_dpo": True, "nbdpo_sym_best": True, "bdpo_beats_dpo": True,
-                 "v2_worse_than_v1": True, "mask_not_worse": True, "no_ood_growth": True}
+                 "v2_worse_than_v1": True, "mask_some_not_worse": True, "mask_not_worse": True,
+                 "no_ood_growth": True}
     worse = values.copy()
     worse[:, 2] -= 0.05                                            # everyone worse at mask 0.4
     c2 = B.claims(B.compare_rows(worse, methods, masks), worse, methods, masks, masked + 0.3,
                   np.full((3, S), 0.2))
-    assert not c2["mask_not_worse"] and not c2["no_ood_growth"]
+    assert not c2["mask_not_worse"] and not c2["no_ood_growth"] and not c2["mask_some_not_worse"]
+    mixed = values.copy()
+    mixed[1:, 2] -= 0.05                                           # only DPO keeps its value at mask 0.4
+    mixed[0, 2] += 0.001
+    c3 = B.claims(B.compare_rows(mixed, methods, masks), mixed, methods, masks, masked, np.full((3, S), 0.2))
+    assert c3["mask_some_not_worse"] and not c3["mask_not_worse"]         # existence holds, strong fails
     eff = B.mask_effect(worse, methods, masks)
     assert all(e["lower"] for e in eff.values())
 
@@ -342,6 +348,93 @@ def test_grid_rows_claims_and_mechanism(small_run):
         assert table.text()
     scale = B.reward_scale(small_run)
     assert scale["max"] == 8.0 and scale["uniform_policy"] == pytest.approx(float(small_run.util.sum() / 8))
+
+
+# ------------------------------------------------------------------------------ ablations and learning rates
+def test_ablations_train_on_the_a_term_and_on_dpo_plus_b():
+    """One SGD update (lr 1) of the ablations moves each tabular logit by minus the gradient of
+    sum_pairs (g+ log pi+ + g- log pi-)/(P K) with the ablated g± built from prefdyn.losses.logprob_grads:
+    ``g± - b`` of the method ("_a") and DPO's ``g±`` plus the method's ``b`` ("_b")."""
+    methods = ["dpo", "bdpo", "bdpo_a", "bdpo_b", "nbdpo_sym_a", "nbdpo_sym_b"]
+    n, S, K = 6, 2, 3
+    seeds = torch.tensor([0, 1])
+    spec = B.bench_spec(n)
+    pol = toy.make_policy("tabular", spec, seeds.repeat(len(methods)), **F64)
+    gen = torch.Generator().manual_seed(2)
+    M = len(methods) * S
+    pol.load_flat(torch.randn(M, pol.n_params, generator=gen, dtype=torch.float64))
+    ref_logp = torch.log_softmax(torch.randn(M, n, n, generator=gen, dtype=torch.float64), -1)
+    util = B.utility(n, 0.6)
+    w = torch.ones(S, n, n, dtype=torch.float64)
+    losses = B.method_losses(methods, LP)
+    dpo = B.method_losses(["dpo"], LP)[0]
+    before = pol.forward().detach().clone()
+    _, a, b = B._train(pol, ref_logp, B._groups(losses, S, methods, dpo), seeds=seeds, member_seed=torch.arange(S),
+                       weights=w, util=util, steps=1, phase=0, optimizer="sgd", lr=1.0, pairs_per_prompt=K,
+                       record=[1])
+    c, r = B.sample_pairs(seeds, torch.arange(S), w, util, torch.arange(1), K, phase=0)
+    c, r = c[0].repeat(len(methods), 1, 1), r[0].repeat(len(methods), 1, 1)
+    z = before.clone().requires_grad_(True)
+    logp = torch.log_softmax(z, -1)
+    lc, lr_ = logp.gather(2, c), logp.gather(2, r)
+    rc, rr = ref_logp.gather(2, c), ref_logp.gather(2, r)
+    surrogate = 0.0
+    for i, m in enumerate(methods):
+        sl = slice(i * S, (i + 1) * S)
+        base = m.rsplit("_", 1)[0] if m.endswith(("_a", "_b")) else m
+        gp, gn = L.logprob_grads(B.METHODS[base][0], lc[sl].detach(), lr_[sl].detach(), rc[sl], rr[sl],
+                                 **losses[i][1])
+        half = (gp + gn) / 2
+        if m.endswith("_a"):
+            gp, gn = gp - half, gn - half
+        elif m.endswith("_b"):
+            dp, dn = L.logprob_grads("dpo", lc[sl].detach(), lr_[sl].detach(), rc[sl], rr[sl], beta=1.0)
+            gp, gn = dp + half, dn + half
+        surrogate = surrogate + ((gp * lc[sl] + gn * lr_[sl]).sum() / (n * K))
+        # the recorded |a| and b are those of the ablated gradients
+        assert torch.allclose(a[sl], ((gp - gn).abs() / 2).mean(dim=(1, 2)), rtol=1e-10, atol=1e-14), m
+        assert torch.allclose(b[sl], ((gp + gn) / 2).mean(dim=(1, 2)), rtol=1e-10, atol=1e-14), m
+    g, = torch.autograd.grad(surrogate, z)
+    assert torch.allclose(pol.forward().detach(), before - g, rtol=1e-10, atol=1e-12)
+    k = {m: slice(i * S, (i + 1) * S) for i, m in enumerate(methods)}
+    assert torch.allclose(b[k["bdpo_a"]], torch.zeros(S, dtype=torch.float64), atol=1e-15)
+    assert bool((b[k["bdpo_b"]] != 0).all()) and bool((b[k["nbdpo_sym_b"]] != 0).all())
+    assert B.METHOD_LABELS["bdpo_b"] == "DPO + b of bDPO"
+
+
+def test_lr_scales_best_lr_and_tables():
+    run = B.run_benchmark([0, 1, 2], methods=["dpo", "bdpo"], masks=[0.0, 0.4], pairs=["uniform", "reference"],
+                          n=8, ref_steps=10, checkpoints=(4,), loss_params=LP, lr=0.05, lr_scales=(0.5, 1.0, 2.0),
+                          **F64)
+    assert run.methods == ["dpo@0.5", "dpo", "dpo@2", "bdpo@0.5", "bdpo", "bdpo@2"]
+    assert run.lr_scale["bdpo@2"] == 2.0 and B.lr_name("bdpo", 1.0) == "bdpo"
+    # a member at scale x is the member trained alone at lr * x
+    alone = B.run_benchmark([0, 1, 2], methods=["dpo", "bdpo"], masks=[0.0, 0.4], pairs=["uniform", "reference"],
+                            n=8, ref_steps=10, checkpoints=(4,), loss_params=LP, lr=0.05, **F64)
+    assert np.allclose(run.ref_probs, alone.ref_probs, rtol=1e-12)
+    assert np.allclose(run.probs[:, run.index("bdpo")], alone.probs[:, alone.index("bdpo")], rtol=1e-12)
+    twice = B.run_benchmark([0, 1, 2], methods=["dpo", "bdpo"], masks=[0.0, 0.4], pairs=["uniform", "reference"],
+                            n=8, ref_steps=10, checkpoints=(4,), loss_params=LP, lr=0.05, **F64,
+                            lr_scales=(1.0, 2.0))
+    assert not np.allclose(twice.probs[-1, twice.index("bdpo@2")], alone.probs[-1, alone.index("bdpo")])
+    rows = B.best_lr_rows(run)
+    u = B.metrics(run)["utility"]
+    for r in rows:
+        q = run.pairs_index(r["pairs"])
+        cands = {x: u[-1, run.index(B.lr_name(r["method"], x)), q].mean() for x in (0.5, 1.0, 2.0)}
+        assert r["lr_scale"] == max(cands, key=cands.get)
+        assert r["mean"] == pytest.approx(u[-1, run.index(B.lr_name(r["method"], r["lr_scale"])), q,
+                                            run.masks.index(r["mask"])].mean())
+    assert len(rows) == 2 * 2 * 2 and {r["policy"] for r in rows} == {"tabular"}
+    assert B.lr_means_table(run, 4).text() and B.sensitivity_table(rows).text()
+    table, eff = B.mask_effect_table({"maskable": (run, 4)}, ["dpo@0.5", "bdpo"])
+    d = u[-1, run.index("bdpo"), 0, 1] - u[-1, run.index("bdpo"), 0, 0]
+    assert eff["maskable/uniform"]["bdpo"]["diff"] == pytest.approx(d.mean()) and table.text()
+    assert "0." in B.balance_grid_table({"t": run}, ["dpo", "bdpo"]).text()
+    tests = B.grid_tests(B.grid_rows({("tabular", "adam"): alone}))
+    assert tests == {"tests": 2 * 1 * 1 * 2, "cells": 2, "seeds": [3]}
+    with pytest.raises(ValueError, match="^lr_scales: expected distinct positive factors that include 1"):
+        B.run_benchmark(2, lr_scales=(0.5, 2.0))
 
 
 # ------------------------------------------------------------------------------ bad input

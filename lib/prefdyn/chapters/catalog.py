@@ -424,11 +424,24 @@ def _primary_step_checked(p):
 _primary_step_checked.description = "primary_step is one of checkpoints (the primary table's update)"
 
 
+def _lr_scales_checked(p):
+    """lr_scales includes 1 (DPO at the base learning rate is the baseline)"""
+    if 1.0 not in [float(x) for x in p["lr_scales"]]:
+        return f"parameter 'lr_scales' must include 1 (got {p['lr_scales']})"
+    return None
+
+
+_lr_scales_checked.description = "lr_scales includes 1 (the baseline: DPO at the base learning rate)"
+
+
 #: bdpo-benchmark: float32 training (the toy's wide set) plus its counts of seeds and Holm p-values; its
 #: verdicts are decided by p < 0.05 on numbers that are themselves compared.
 BDPO_TOLERANCES = toy_tolerances(rtol=0.02, atol=2e-3, log10=0.5, orders=1.0, steps=(0.1, 10), floor=1e-30, extra=(
-    ("*.wins", Tol(atol=3, reason="seeds (of 16 or 32) on which a method beat DPO: a few near-ties flip")),
-    ("*.losses", Tol(atol=3, reason="seeds (of 16 or 32) on which a method lost to DPO: a few near-ties flip")),
+    ("*.wins", Tol(atol=3, reason="seeds (of 12 to 32) on which a method beat DPO: a few near-ties flip")),
+    ("*.losses", Tol(atol=3, reason="seeds (of 12 to 32) on which a method lost to DPO: a few near-ties flip")),
+    ("*lr_scale", Tol(ignore=True, reason="the best of three learning-rate factors: a near-tie of two means flips it")),
+    ("mask_effect.*.lower", Tol(ignore=True, reason="verdicts decided by Holm p < 0.05 on the compared differences")),
+    ("grid_tests.*", Tol(atol=0, reason="counts of tests and seeds: exact")),
     ("*p_holm", Tol(tiny=math.inf, log10_atol=1.0, reason="Holm-adjusted p-values of paired Wilcoxon tests")),
     ("mechanism.*", Tol(atol=3, rtol=0.1, reason="counts of significant comparisons in the grid: a few "
                                                  "borderline tests flip")),
@@ -443,7 +456,7 @@ register(Chapter(
     params=[
         Param("seed", "int", 0, "first seed; the members use seeds seed, seed+1, ..., seed+n_seeds-1", low=0, high=2**31 - 1),
         Param("n_seeds", "int", 32, "seeds of the primary (policy, optimiser) run; every comparison is paired over the seeds", low=2, high=4096),
-        Param("sensitivity_seeds", "int", 16, "seeds of the other (policy, optimiser) runs of the sensitivity grid (Holm over 21 tests needs at least 12 to decide)", low=2, high=4096),
+        Param("sensitivity_seeds", "int", 12, "seeds of the other (policy, optimiser) runs of the sensitivity grid, of the learning-rate sweep and of the ablation (Holm over 21 tests needs at least 12 to decide)", low=2, high=4096),
         Param("masks", "list[float]", [0.0, 0.2, 0.4], "mask rates: the fraction of each prompt's responses that never occur in the data (004 Table 1)", low=0.0, high=0.9),
         Param("alpha", "float", 0.6, "α of the utility u(y|x) = exp(−α (y − x)²) (004 eq. 34, App. B)", low=0.0, low_open=True, high=100.0),
         Param("ref_steps", "int", 300, "DPO updates that make the reference model (004 App. B)", low=0, high=100000),
@@ -451,7 +464,6 @@ register(Chapter(
         Param("primary_step", "int", 300, "the checkpoint of the primary comparison (one of checkpoints)", low=1, high=100000),
         Param("policy", "str", "tabular", "policy of the primary comparison: one free logit per cell (004 eq. 6) or the small MLP", choices=["tabular", "mlp"]),
         Param("optimizer", "str", "adam", "optimiser of the primary comparison", choices=["adam", "sgd"]),
-        Param("pairs", "str", "uniform", "pair sampling of the primary comparison: uniform over a prompt's unmasked responses, or from the reference policy", choices=["uniform", "reference"]),
         Param("lr", "float", 0.01, "Adam learning rate of the tabular policy", low=0.0, low_open=True, high=10.0),
         Param("sgd_lr", "float", 2.5, "SGD learning rate of the tabular policy", low=0.0, low_open=True, high=1000.0),
         Param("mlp_lr", "float", 0.0016, "Adam learning rate of the MLP", low=0.0, low_open=True, high=10.0),
@@ -460,13 +472,15 @@ register(Chapter(
         Param("depth", "int", 1, "hidden layers of the small MLP", low=1, high=8),
         Param("pairs_per_prompt", "int", 4, "fresh preference pairs per prompt and update (all prompts in every update)", low=1, high=1024),
         Param("mask_optimal", "bool", True, "whether the optimal response y = x may be masked (004 does not say)"),
+        Param("lr_scales", "list[float]", [0.3, 1.0, 3.0], "factors on the base learning rate at which every method is run in the primary setting (must include 1)", low=0.0, low_open=True, high=1000.0),
+        Param("ablate", "list[str]", ["nbdpo_sym", "nbdpo_v2_sym", "bdpo"], "balanced methods whose a-term and b-term are trained apart (tabular, Adam and SGD)", choices=["nbdpo_asym", "nbdpo_sym", "nbdpo_v2_asym", "nbdpo_v2_sym", "bdpo"]),
         loss_param("beta", ["dpo", "ipo", "sft_dpo"], default=1.0, help="β of DPO, IPO and SFT-DPO (004 App. B: β = 1 for all algorithms)"),
         loss_param("beta_balanced", ["nbdpo", "nbdpo_v2", "bdpo"], default=1.0, help="β of nbDPO, nbDPO v2 and bDPO (004 App. B: 1)"),
         loss_param("clip", ["nbdpo", "nbdpo_v2"], default=0.5, help="Δλ_max of nbDPO and nbDPO v2 (004 eq. 26, App. B: 0.5)"),
         loss_param("gamma", ["sft_dpo"], default=0.1, help="weight γ of SFT-DPO's SFT term (000 eq. 7; the book's default)"),
         Param("device", "str", "cpu", "where to train: cpu (the golden chapter), cuda, or auto (CUDA when available)", choices=["cpu", "cuda", "auto"]),
     ],
-    checks=[_primary_step_checked],
+    checks=[_primary_step_checked, _lr_scales_checked],
     tolerances=BDPO_TOLERANCES,
 ))
 
