@@ -14,6 +14,8 @@ The library behind the executable book. One concept per module; the dependency d
 - ``prefdyn.stats``     means and intervals over seeds, curve bands, rank correlations;
 - ``prefdyn.rlhf``      reward model and KL-regularised policy optimisation on the toy (000 Sec. 4);
 - ``prefdyn.probes``    log-prob and gradient probes of Hugging Face causal LMs, a preference-training loop;
+- ``prefdyn.lm``        the small GPT-2 models made here, their arithmetic task, the preference data of 000
+                        Table 4;
 - ``prefdyn.bench``     the batched trainer against a plain loop (``prefdyn bench toy``);
 - ``prefdyn.plotting``  the one plotting style of the book and its figure helpers;
 - ``prefdyn.tables``    tables of key numbers; ``prefdyn.results`` the chapters' JSON results;
@@ -34,7 +36,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("losses", "symbolic", "printed", "fields", "toy", "records", "stats", "rlhf", "imbalance", "probes", "bench", "plotting",
+_MODULES = ("losses", "symbolic", "printed", "fields", "toy", "records", "stats", "rlhf", "imbalance", "probes", "lm", "bench", "plotting",
             "tables", "results", "regression", "validate", "device", "progress", "chapters", "cli")
 __all__ = ["__version__", *_MODULES]
 
