@@ -1,4 +1,4 @@
-"""Tests of ``prefdyn bench probes`` (:func:`prefdyn.bench.bench_probes`): at a tiny size the bench runs,
+"""Tests of ``prefdyn bench probes`` (:func:`prefdyn.probes.bench.bench_probes`): at a tiny size the bench runs,
 returns the documented keys with consistent numbers, our DPO losses equal TRL's at every update, our
 batched log-probs equal the one-at-a-time loop, and bad input is a one-line error before any work.
 No timing assertion (the machine is shared): only that times are positive and the reported figures are
@@ -15,6 +15,7 @@ import torch
 
 from prefdyn import bench, cli
 from prefdyn import probes as pb
+from prefdyn.probes import bench as probes_bench
 
 pytest.importorskip("trl", reason="the probes benchmark compares with the pinned test extra 'trl'")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -25,12 +26,12 @@ TINY = dict(pairs=12, steps=3, batch=4, warmup=2, repeats=2, n_layer=1, n_embd=1
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "sub" / "probes.json"
-    return bench.bench_probes(out=out, **TINY), out
+    return probes_bench.bench_probes(out=out, **TINY), out
 
 
 def test_keys_json_and_derived_numbers(tiny):
     r, out = tiny
-    assert tuple(r) == bench.PROBES_KEYS
+    assert tuple(r) == probes_bench.PROBES_KEYS
     assert json.loads(out.read_text(encoding="utf-8")) == r         # the JSON is the returned dict, exactly
     assert (r["n_pairs"], r["batch"], r["steps"], r["warmup"], r["repeats"]) == (12, 4, 3, 2, 2)
     assert r["optimizer"] == "adamw" and r["lr"] == 1e-3 and r["torch_threads"] == 1
@@ -52,8 +53,8 @@ def test_token_counts_are_the_pairs(tiny):
     """The documented sizes (prompts 8-16 tokens, responses 8-32 with EOS) and the token counts, recomputed
     from the same seeded pairs tokenized independently (word by word)."""
     r, _ = tiny
-    tok = bench._word_tokenizer(30)
-    data = bench._bench_texts(tok, 12, TINY.get("seed", 0) + 1, words=[f"t{i}" for i in range(3, 30)])
+    tok = probes_bench._word_tokenizer(30)
+    data = probes_bench._bench_texts(tok, 12, TINY.get("seed", 0) + 1, words=[f"t{i}" for i in range(3, 30)])
     ids = [[int(w[1:]) for w in d["prompt"].split()] for d in data]
     ch = [[int(w[1:]) for w in d["chosen"].split()] + [1] for d in data]
     rj = [[int(w[1:]) for w in d["rejected"].split()] + [1] for d in data]
@@ -78,24 +79,24 @@ def test_losses_equal_trls_and_logprobs_equal_the_loop(tiny):
 def test_the_runs_compared_are_equal_step_by_step_and_can_differ():
     """The bench's two training runs, directly: the same losses at every update; with another beta on our
     side they differ (the comparison can fail)."""
-    tok = bench._word_tokenizer(30)
-    init = bench._tiny_gpt2(30, 0, 1, 16, 2)
-    data = bench._bench_texts(tok, 8, 1, words=[f"t{i}" for i in range(3, 30)])
+    tok = probes_bench._word_tokenizer(30)
+    init = probes_bench._tiny_gpt2(30, 0, 1, 16, 2)
+    data = probes_bench._bench_texts(tok, 8, 1, words=[f"t{i}" for i in range(3, 30)])
     kw = dict(batch=4, total=4, optimizer="sgd", lr=0.5, beta=0.5, log_every=2, seed=0)
-    stamps, ours = bench._our_run(init, tok, data, **kw)
-    t_stamps, theirs, ids = bench._trl_run(init, tok, data, **kw)
+    stamps, ours = probes_bench._our_run(init, tok, data, **kw)
+    t_stamps, theirs, ids = probes_bench._trl_run(init, tok, data, **kw)
     assert len(stamps) == len(t_stamps) == 4 and len(ours) == len(theirs) == 4
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
     assert abs(ours[-1] - ours[0]) > 1e-3
-    _, other = bench._our_run(init, tok, data, **{**kw, "beta": 0.6})
+    _, other = probes_bench._our_run(init, tok, data, **{**kw, "beta": 0.6})
     assert np.abs(other[1:] - theirs[1:]).max() > 1e-4
 
 
 def test_loop_logprobs_is_independent_and_equal():
     torch.manual_seed(0)
-    model = bench._tiny_gpt2(30, 3, 2, 16, 2).to(torch.float64)
+    model = probes_bench._tiny_gpt2(30, 3, 2, 16, 2).to(torch.float64)
     tp = pb.token_pairs([[3, 4, 5], [6]], [[7, 8], [9, 10, 11]], [[12], [13, 14]])
-    lc, lr = bench._loop_logprobs(model, tp)
+    lc, lr = probes_bench._loop_logprobs(model, tp)
     got = pb.pair_logprobs(model, tp, batch_size=2)
     torch.testing.assert_close(lc, got.chosen, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(lr, got.rejected, rtol=1e-10, atol=1e-12)
@@ -117,7 +118,7 @@ def test_loop_logprobs_is_independent_and_equal():
 ])
 def test_bad_input_is_a_one_line_error(kw, match):
     with pytest.raises(ValueError, match=match) as e:
-        bench.bench_probes(**kw)
+        probes_bench.bench_probes(**kw)
     assert "\n" not in str(e.value)
 
 
@@ -126,7 +127,7 @@ def no_bench(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("ran although the input was bad")
 
-    monkeypatch.setattr(bench, "bench_probes", boom)
+    monkeypatch.setattr(probes_bench, "bench_probes", boom)
     monkeypatch.setattr(bench, "bench", boom)
 
 
@@ -160,7 +161,7 @@ def test_cli_probes_options_are_refused_by_the_toy_bench(capsys, no_bench):
 
 
 def test_cli_prints_every_number_and_writes_json(tmp_path, capsys, monkeypatch):
-    fake = {k: 1.5 for k in bench.PROBES_KEYS}
+    fake = {k: 1.5 for k in probes_bench.PROBES_KEYS}
     fake.update(ours_repeats_ms=[1.0, 2.0], model="m", same_token_ids=True)
     seen = {}
 
@@ -168,14 +169,14 @@ def test_cli_prints_every_number_and_writes_json(tmp_path, capsys, monkeypatch):
         seen.update(kw)
         return fake
 
-    monkeypatch.setattr(bench, "bench_probes", run)
+    monkeypatch.setattr(probes_bench, "bench_probes", run)
     out = tmp_path / "p.json"
     code = cli.main(["bench", "probes", "--pairs", "16", "--steps", "5", "--batch", "4", "--optimizer", "sgd",
                      "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
     assert seen == dict(pairs=16, steps=5, batch=4, threads=1, repeats=3, optimizer="sgd", model_path=None, out=str(out))
-    for k in bench.PROBES_KEYS:
+    for k in probes_bench.PROBES_KEYS:
         assert f"\n{k} = " in "\n" + printed
     assert "ours_repeats_ms = [1, 2]" in printed and "summary: " in printed and f"wrote {out}" in printed
 
@@ -183,13 +184,13 @@ def test_cli_prints_every_number_and_writes_json(tmp_path, capsys, monkeypatch):
 def test_model_path_benches_a_local_model_directory(tmp_path):
     """``model_path``: a local Hugging Face directory (here the tiny GPT-2 and its tokenizer, saved) is
     loaded, its tokenizer builds the pairs, and the run is the in-memory one's (same weights, same words)."""
-    bench._offline()
-    model = bench._tiny_gpt2(30, 0, 1, 16, 2)
+    probes_bench._offline()
+    model = probes_bench._tiny_gpt2(30, 0, 1, 16, 2)
     model.save_pretrained(tmp_path)
-    bench._word_tokenizer(30).save_pretrained(tmp_path)
+    probes_bench._word_tokenizer(30).save_pretrained(tmp_path)
     kw = dict(pairs=8, steps=2, batch=4, warmup=1, repeats=1, threads=1)
-    r = bench.bench_probes(model_path=tmp_path, **kw)
-    ref = bench.bench_probes(n_layer=1, n_embd=16, n_head=2, **kw)
+    r = probes_bench.bench_probes(model_path=tmp_path, **kw)
+    ref = probes_bench.bench_probes(n_layer=1, n_embd=16, n_head=2, **kw)
     assert r["model"] == str(tmp_path) and r["n_params"] == ref["n_params"] and r["same_token_ids"]
     assert r["tokens_per_pair"] == ref["tokens_per_pair"]
     assert r["loss_last"] == pytest.approx(ref["loss_last"], rel=1e-6) and r["loss_max_abs_diff"] < 1e-5

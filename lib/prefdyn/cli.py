@@ -237,11 +237,11 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_bench_probes(args) -> int:
-    """``prefdyn bench probes``: runs :func:`prefdyn.bench.bench_probes` from the parsed arguments
+    """``prefdyn bench probes``: runs :func:`prefdyn.probes.bench.bench_probes` from the parsed arguments
     (``--out`` defaults to ``runs/bench/probes.json``), prints every number and a summary."""
     from pathlib import Path
 
-    from .bench import PROBES_OPTIMIZERS, bench_probes
+    from .probes.bench import PROBES_OPTIMIZERS, bench_probes
     from .validate import check_choice, check_int
 
     def get(name, default):

@@ -985,7 +985,7 @@ def lr_means_table(run: BenchRun, step: int, metric: str = "utility", **kwargs) 
     cols = [f"{pq}, x{x:g}" for pq in run.pairs for x in scales]
     body = [(METHOD_LABELS.get(m, m), [float(vals[idx[lr_name(m, x)], q].mean())
                                        for q in range(len(run.pairs)) for x in scales]) for m in base]
-    return Table(cols, body, corner=f"method (update {step})", max_cols=6, **kwargs)
+    return Table(cols, body, corner=f"method (update {step})", max_cols=3, **kwargs)
 
 
 def mask_effect_table(variants: Mapping[str, tuple[BenchRun, int]], methods: Sequence[str] = PAPER_METHODS,
