@@ -339,12 +339,6 @@ def paper_claims(model: str) -> dict[str, Any]:
     }
 
 
-def _ci_text(ci: dict) -> str:
-    from ..results import fmt
-
-    return f"{fmt(ci['mean'])} [{fmt(ci['lo'])}, {fmt(ci['hi'])}]"
-
-
 #: The per-scenario claims and the number each verdict rests on (key in the claim's entry).
 PER_SCENARIO = {"drastic_drop": "excess_drop", "degradation": "change_chosen", "accuracy_changes": "change",
                 "grad_rejected_grows_more": "log_growth_difference"}
@@ -355,12 +349,12 @@ def claims_tables(c: dict[str, Any], paper: dict[str, dict[str, Any]], label: st
     :func:`paper_claims` (``paper``: model -> verdicts): per scenario, each cell "yes"/"no" with the mean
     and 95% interval it rests on; across scenarios, here and in 000. ``label`` ends both titles."""
     from ..results import fmt
-    from ..tables import Table
+    from ..tables import MeanCI, Table
 
     scen = list(c["drastic_drop"])
     rows = []
     for k, num in PER_SCENARIO.items():
-        rows.append((CLAIMS[k], [f"{'yes' if c[k][s]['holds'] else 'no'}: {_ci_text(c[k][s][num])}"
+        rows.append((CLAIMS[k], [f"{'yes' if c[k][s]['holds'] else 'no'}: {MeanCI.of(c[k][s][num]).text()}"
                                  + (f" ({c[k][s]['direction']})" if k == "accuracy_changes" else "")
                                  + (f"; ratio {fmt(c[k][s]['ratio_of_means'])}" if k == "drastic_drop" else "")
                                  for s in scen]))
