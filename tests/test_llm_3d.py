@@ -138,3 +138,15 @@ def test_run_scenarios_smoke_and_before_equals_the_reference():
     assert r.base_accuracy["in_distribution"]["greedy"] == P.accuracy(pol, data.test)
     with pytest.raises(ValueError, match="^scenarios: "):
         SC.run_scenarios(sp, evals, seeds=[0], scenarios=(5,))
+    with pytest.raises(ValueError, match="^batch_size: .*scenario 1"):     # before any training
+        SC.run_scenarios(sp, evals, seeds=[0], scenarios=(1, 4), batch_size=len(sp["train"][1]) + 1)
+
+
+def test_chapter_rejects_a_batch_larger_than_the_training_pairs_before_running():
+    from prefdyn.chapters.catalog import get_chapter
+    from prefdyn.chapters.params import ParameterError
+
+    ch = get_chapter("llm-3d")
+    with pytest.raises(ParameterError, match="batch_size.*at most n_prompts x \\(1 - test_frac\\) = 48"):
+        ch.resolve({"n_prompts": 64, "test_frac": 0.25, "batch_size": 49})
+    assert ch.resolve({"n_prompts": 64, "test_frac": 0.25, "batch_size": 48})["batch_size"] == 48

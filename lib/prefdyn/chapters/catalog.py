@@ -513,6 +513,19 @@ LLM_3D_TOLERANCES = Tolerances(
     ),
 )
 
+def _llm_batch_fits(p):
+    """batch_size <= the training pairs the prompts can give at most (every prompt kept)."""
+    most = int(p["n_prompts"] * (1.0 - p["test_frac"]))
+    if p["batch_size"] <= most:
+        return None
+    return (f"parameter 'batch_size' must be at most n_prompts x (1 - test_frac) = {most}, the training "
+            f"pairs per scenario if every prompt is kept (got {p['batch_size']})")
+
+
+_llm_batch_fits.description = ("batch_size <= n_prompts x (1 - test_frac) (the training pairs per scenario "
+                               "if every prompt is kept; the verifier's filter keeps fewer)")
+
+
 register(Chapter(
     id="llm-3d",
     title="The 3D-properties in a language model",
@@ -534,6 +547,7 @@ register(Chapter(
         Param("eval_samples", "int", 2, "samples per problem at temperature 1 for the sampled accuracy", low=1, high=64),
         Param("device", "str", "cpu", "where DPO trains: cpu (the golden chapter), cuda, or auto (CUDA when available)", choices=["cpu", "cuda", "auto"]),
     ],
+    checks=[_llm_batch_fits],
     tolerances=LLM_3D_TOLERANCES,
 ))
 

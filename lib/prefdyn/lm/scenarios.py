@@ -184,6 +184,11 @@ def run_scenarios(split: dict[str, dict[int, list]], eval_sets: dict[str, T.Prob
     for name in sampled_sets:
         if name not in eval_sets:
             raise ValueError(f"sampled_sets: expected names of eval_sets ({', '.join(eval_sets)}), got {name!r}")
+    for s in scenarios:                     # before any training: every scenario has a batch of pairs
+        n = len(split["train"][s])
+        if batch_size > n:
+            raise ValueError(f"batch_size: expected at most the training pairs of scenario {s} ({n}), "
+                             f"got {batch_size}")
     tok = T.make_tokenizer()
     S, K = len(scenarios), len(seeds)
     logp = np.zeros((S, K, 2, 2, 2))
