@@ -47,6 +47,13 @@ def test_keys_json_and_derived_numbers(tiny):
     assert r["logprob_ratio"] == pytest.approx(r["logprob_loop_s"] / r["logprob_batched_s"], rel=1e-12)
     assert r["logprob_batched_pairs_per_s"] == pytest.approx(12 / r["logprob_batched_s"], rel=1e-12)
     assert r["logprob_loop_tokens_per_s"] == pytest.approx(12 * r["tokens_per_pair"] / r["logprob_loop_s"], rel=1e-12)
+    # the callback: one probe of 12 held-out pairs, amortised over the callback's default interval
+    from prefdyn.probes.callback import DEFAULT_EVERY
+
+    assert (r["callback_every"], r["callback_pairs"], len(r["callback_repeats_ms"])) == (DEFAULT_EVERY, 12, 2)
+    assert r["callback_probe_ms"] == pytest.approx(float(np.median(r["callback_repeats_ms"])), rel=1e-12)
+    assert r["callback_overhead"] == pytest.approx(
+        r["callback_probe_ms"] / (DEFAULT_EVERY * r["trl_ms_per_step"]), rel=1e-12)
 
 
 def test_token_counts_are_the_pairs(tiny):
@@ -113,6 +120,7 @@ def test_loop_logprobs_is_independent_and_equal():
     (dict(threads=0), "threads: expected an integer >= 1"),
     (dict(optimizer="adam"), "optimizer: expected one of"),
     (dict(lr=0.0), "lr: expected"),
+    (dict(callback_every=0), "callback_every: expected an integer >= 1, got 0"),
     (dict(n_embd=10, n_head=3), "n_head: expected a divisor of n_embd=10, got 3"),
     (dict(model_path="/nonexistent"), "model_path: expected a local Hugging Face model directory"),
 ])

@@ -288,7 +288,9 @@ def _cmd_bench_probes(args) -> int:
           f"{res['logprob_ratio']:.2f}x; DPO step ours {res['ours_ms_per_step']:.3g} ms = "
           f"{res['ours_pairs_per_s']:.4g} pairs/s vs TRL {res['trl_ms_per_step']:.3g} ms = "
           f"{res['trl_pairs_per_s']:.4g} pairs/s, {res['train_ratio']:.2f}x (model work alone "
-          f"{res['floor_ms_per_step']:.3g} ms); losses max |diff| {res['loss_max_abs_diff']:.2g}")
+          f"{res['floor_ms_per_step']:.3g} ms); losses max |diff| {res['loss_max_abs_diff']:.2g}; "
+          f"ThreeDCallback: one probe of {res['callback_pairs']} pairs {res['callback_probe_ms']:.3g} ms every "
+          f"{res['callback_every']} updates adds {100 * res['callback_overhead']:.2g}% to TRL's run")
     print(f"wrote {out}")
     return 0
 

@@ -551,6 +551,54 @@ register(Chapter(
     tolerances=LLM_3D_TOLERANCES,
 ))
 
+def _trl_batch_fits(p):
+    """batch_size <= the training pairs the prompts can give at most (three quarters of them are trained on)."""
+    most = int(p["n_prompts"] * 0.75)
+    if p["batch_size"] <= most:
+        return None
+    return (f"parameter 'batch_size' must be at most 3/4 of n_prompts = {most}, the training pairs if every "
+            f"prompt is kept (got {p['batch_size']})")
+
+
+_trl_batch_fits.description = ("batch_size <= 3/4 of n_prompts (the training pairs if every prompt is kept; "
+                               "the verifier's filter keeps fewer)")
+
+
+#: Tolerances of "Using the probes with TRL": float32 DPOTrainer runs of the shipped GPT-2.
+TRL_CALLBACK_TOLERANCES = Tolerances(
+    Tol(rtol=0.05, atol=0.02, reason="float32 TRL training of a GPT-2: per-token drifts and margins of the probe set"),
+    (
+        ("config.*", Tol(atol=0, reason="the settings: exact")),
+        ("data.*", Tol(rtol=0.02, atol=2, reason="pair counts from samples of float32 models")),
+        ("runs.*.warnings.*", Tol(atol=10, reason="the step of a warning: a threshold crossed one or two probes "
+                                                   "earlier or later across CPU code paths")),
+        ("runs.*.final.margin", Tol(rtol=0.05, atol=0.1, reason="sequence-sum margin (nats), float32 training")),
+        ("runs.*.final.*grad_ratio", Tol(rtol=0.05, atol=0.1, reason="log of a ratio of mean gradients")),
+    ),
+)
+
+register(Chapter(
+    id="using-with-trl",
+    title="Using the probes with TRL",
+    part="4 Language model",
+    params=[
+        Param("seed", "int", 0, "seed of TRL's DPOTrainer (its batch order)", low=0, high=2**31 - 1),
+        Param("data_seed", "int", 0, "seed of the preference pairs and their train/held-out split", low=0, high=2**31 - 1),
+        Param("n_prompts", "int", 128, "training-split prompts sampled for the preference pairs", low=16, high=100000),
+        Param("scenario", "int", 3, "scenario of 000 Table 4 whose pairs DPO trains on (1: policy/policy, 2: reference/policy, 3: policy/other model, 4: reference/other model)", low=1, high=4),
+        Param("steps", "int", 60, "DPOTrainer updates of each run", low=1, high=100000),
+        Param("batch_size", "int", 16, "preference pairs per update", low=1, high=4096),
+        Param("lr_hard", "float", 1e-4, "learning rate of the run built to degrade", low=0.0, low_open=True, high=1.0),
+        Param("lr_gentle", "float", 2e-5, "learning rate of the gentle run", low=0.0, low_open=True, high=1.0),
+        Param("beta", "float", 0.1, "β of DPO (TRL's beta, loss_type sigmoid)", low=0.0, low_open=True, high=100.0),
+        Param("every", "int", 5, "updates between two probes of the callback", low=1, high=100000),
+        Param("drop_nats", "float", 0.5, "drastic-drop threshold: per-token fall of the rejected responses' log-prob (nats)", low=0.0, low_open=True, high=100.0),
+        Param("degradation_nats", "float", 0.05, "degradation threshold: per-token fall of the chosen responses' log-prob (nats)", low=0.0, high=100.0),
+    ],
+    checks=[below("lr_gentle", "lr_hard", "the hard run pushes harder"), _trl_batch_fits],
+    tolerances=TRL_CALLBACK_TOLERANCES,
+))
+
 # ------------------------------------------------------------------------------------------------
 # Back matter: performance  ([4/7] bench; [7/7] extends it)
 # ------------------------------------------------------------------------------------------------

@@ -41,16 +41,25 @@ def quiet() -> None:
     """Silence ``transformers`` in a chapter before it loads a model: no weight-loading progress bars, only
     errors from its loggers (e.g. not the padding warning of a forward pass without an attention mask,
     which :func:`prefdyn.lm.generate` does on purpose: its prompts share one length), and not tqdm's note
-    that a notebook has no widgets. The bars and warnings carry timings and would differ at every run."""
+    that a notebook has no widgets. The bars and warnings carry timings and would differ at every run. For
+    the TRL page also: no ``datasets`` progress bars (TRL's dataset preparation), and no ``FutureWarning``
+    raised inside ``transformers`` or TRL (deprecation notices of their own internals)."""
     import warnings
 
     from tqdm import TqdmWarning
 
     warnings.filterwarnings("ignore", category=TqdmWarning)
+    for module in ("transformers", "trl"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    try:
+        import datasets
+    except ImportError:                                  # datasets comes with TRL, not with the book extra
+        return
+    datasets.disable_progress_bars()
 
 
 #: 000 Table 1 as printed: model -> scenario -> (before, after) -> (log pi(a+), log pi(a-)), per-token means.

@@ -15,6 +15,10 @@ quantities on a real language model:
   reference log-probs, gradient accumulation, ``device="auto"``, bf16 autocast on CUDA, a progress bar,
   any local model directory (:func:`load_model`, ``device_map="auto"`` on GPUs).
 
+- :mod:`.callback` - :class:`ThreeDCallback`, a ``transformers.TrainerCallback`` that logs the probes and
+  warns of degradation and drastic drops during a TRL ``DPOTrainer`` run (imported on first use: it needs
+  ``transformers``).
+
 ``python -m prefdyn.probes --help`` runs the loop from the command line on a local model directory.
 ``transformers`` is imported only to load a model or a tokenizer (:func:`load_model`); everything else
 works on any module whose forward takes ``input_ids``/``attention_mask`` and returns ``.logits``.
@@ -26,4 +30,13 @@ from .logprobs import *  # noqa: F401,F403
 from .pairs import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403
 
-__all__ = [*pairs.__all__, *logprobs.__all__, *gradients.__all__, *train.__all__]
+__all__ = [*pairs.__all__, *logprobs.__all__, *gradients.__all__, *train.__all__, "ThreeDCallback"]
+
+
+def __getattr__(name: str):
+    """``ThreeDCallback`` on first use (its module imports ``transformers``; the rest of the package does not)."""
+    if name == "ThreeDCallback":
+        from .callback import ThreeDCallback
+
+        return ThreeDCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -43,6 +43,8 @@ PROBES_KEYS = (
     "ours_ms_per_step", "trl_ms_per_step", "floor_ms_per_step", "ours_repeats_ms", "trl_repeats_ms",
     "floor_repeats_ms", "ours_pairs_per_s", "trl_pairs_per_s", "train_ratio", "ours_overhead_ms",
     "trl_overhead_ms", "same_token_ids", "loss_first", "loss_last", "loss_max_abs_diff",
+    # ThreeDCallback: one probe of `pairs` held-out pairs, amortised over `callback_every` TRL updates
+    "callback_every", "callback_pairs", "callback_probe_ms", "callback_repeats_ms", "callback_overhead",
 )
 
 
@@ -224,7 +226,7 @@ def bench_probes(pairs: int = 64, steps: int = 20, batch: int = 8, *, threads: i
                  repeats: int = 3, optimizer: str = "adamw", lr: float | None = None, beta: float = 0.1,
                  log_every: int = 10, seed: int = 0, model_path: str | os.PathLike | None = None,
                  n_layer: int = 4, n_embd: int = 128, n_head: int = 4, vocab: int = 30,
-                 out: str | Path | None = None) -> dict[str, Any]:
+                 callback_every: int | None = None, out: str | Path | None = None) -> dict[str, Any]:
     """Throughput of the LLM probes (:mod:`prefdyn.probes`) on the CPU, float32.
 
     **Model and data.** A GPT-2 built from ``GPT2Config`` in memory (``n_layer`` 4, ``n_embd`` 128, ``n_head``
@@ -255,6 +257,14 @@ def bench_probes(pairs: int = 64, steps: int = 20, batch: int = 8, *, threads: i
     = a trainer's ms/step minus the floor. ``loss_max_abs_diff`` is the largest difference between our
     and TRL's batch loss over every update of every repeat (TRL's fused LM head accumulates in float32).
 
+    **The callback.** :class:`prefdyn.probes.ThreeDCallback` on ``pairs`` further seeded held-out pairs
+    (``batch`` pairs per probe forward, DPO with ``beta``): ``callback_probe_ms`` is the median over
+    ``repeats`` of the time of one probe (``on_step_end`` at a probe step: the forward passes over the probe
+    set, the row, the log entry), after the reference and the step-0 probe (``on_train_begin``, untimed);
+    ``callback_overhead`` = ``callback_probe_ms / (callback_every x trl_ms_per_step)``, the fraction it adds
+    to a TRL run's time at one probe every ``callback_every`` updates (default: the callback's default
+    ``every``); the other updates cost the callback one modulo.
+
     ``threads``: torch intra-op threads for everything (:class:`prefdyn.device.cpu_settings`). The global
     RNG states are restored on return (TRL seeds them). Returns a dict with the keys
     :data:`PROBES_KEYS` (and writes it as JSON to ``out`` when given).
@@ -273,6 +283,9 @@ def bench_probes(pairs: int = 64, steps: int = 20, batch: int = 8, *, threads: i
     beta = check_positive("beta", beta)
     check_int("log_every", log_every, 1)
     check_int("seed", seed, 0)
+    if callback_every is None:
+        from .callback import DEFAULT_EVERY as callback_every
+    check_int("callback_every", callback_every, 1)
     for name, v in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head)):
         check_int(name, v, 1)
     check_int("vocab", vocab, 4)
@@ -365,6 +378,26 @@ def bench_probes(pairs: int = 64, steps: int = 20, batch: int = 8, *, threads: i
                     raise RuntimeError(f"bench_probes: expected {total} losses per run, got ours {len(ours_losses)}, "
                                        f"TRL {len(trl_losses)}")
                 diffs.append(float(np.abs(ours_losses - trl_losses).max()))
+            # 3. the ThreeDCallback's probe, amortised over callback_every TRL updates
+            from types import SimpleNamespace
+
+            from .callback import ThreeDCallback
+            held = _bench_texts(tokenizer, pairs, seed + 2, words=words)
+            held_tp = tokenize_pairs(tokenizer, [d["prompt"] for d in held], [d["chosen"] for d in held],
+                                     [d["rejected"] for d in held])
+            cb = ThreeDCallback(held_tp, every=callback_every, loss="dpo", loss_params={"beta": beta},
+                                batch_size=batch)
+            state = SimpleNamespace(global_step=0, is_world_process_zero=True, log_history=[])
+            cb_model = copy.deepcopy(init).train()
+            cb.on_train_begin(SimpleNamespace(bf16=False), state, None, model=cb_model)
+            cb_ms = []
+            for r in range(repeats):
+                state.global_step = callback_every * (r + 1)
+                t0 = time.perf_counter()
+                cb.on_step_end(None, state, None, model=cb_model)
+                cb_ms.append(1e3 * (time.perf_counter() - t0))
+            if len(cb.history) != repeats + 1:
+                raise RuntimeError(f"bench_probes: expected {repeats + 1} callback probes, got {len(cb.history)}")
             threads_used = torch.get_num_threads()
     finally:
         random.setstate(rng_states[0])
@@ -390,6 +423,9 @@ def bench_probes(pairs: int = 64, steps: int = 20, batch: int = 8, *, threads: i
         "ours_overhead_ms": o - f, "trl_overhead_ms": t - f, "same_token_ids": bool(same_ids),
         "loss_first": float(ours_losses[0]), "loss_last": float(ours_losses[-1]),
         "loss_max_abs_diff": float(max(diffs)),
+        "callback_every": callback_every, "callback_pairs": len(held_tp),
+        "callback_probe_ms": float(np.median(cb_ms)), "callback_repeats_ms": cb_ms,
+        "callback_overhead": float(np.median(cb_ms)) / (callback_every * t),
     }
     assert tuple(res) == PROBES_KEYS
     if out is not None:

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from ..validate import check_choice, check_int
-from .pairs import PADDING_SIDES, Batch, TokenPairs, collate
+from .pairs import PADDING_SIDES, Batch, TokenPairs, collate, token_pairs
 
-__all__ = ["SequenceLogProbs", "PairLogProbs", "forward_logprobs", "pair_logprobs", "model_device",
-           "pad_token_id_of"]
+__all__ = ["SequenceLogProbs", "PairLogProbs", "forward_logprobs", "pair_logprobs", "response_logprobs",
+           "model_device", "pad_token_id_of"]
 
 
 @dataclass
@@ -226,6 +226,54 @@ def pair_logprobs(model: Any, pairs: TokenPairs, *, batch_size: int = 8, padding
         if eval_mode and was_training:
             model.train()
     return _gather(parts)
+
+
+def response_logprobs(model: Any, prompt_ids: Any, response_ids: Any, *, pad_token_id: int | None = None,
+                      padding_side: str = "right", autocast: torch.dtype | None = None,
+                      fp32_head: bool = True) -> SequenceLogProbs:
+    """Log-probs of ``n`` single (prompt, response) sequences (not pairs), in ONE forward pass of ``model``
+    through :func:`collate` and :func:`forward_logprobs` (the same masking and log-softmax as
+    :func:`pair_logprobs`): a :class:`SequenceLogProbs` with ``n`` rows in the order given (``sums`` are
+    sequence log-probs, sums over the response's tokens). Runs with or without gradients as the caller's
+    context says (on-policy RL needs the graph), in the model's current mode, on the model's device.
+
+    Layout: sequences with the same prompt are laid out two by two as the chosen and rejected rows of one
+    pair; a sequence left without a partner is paired with itself (its row computed twice, one kept), so
+    ``n`` sequences cost at most ``n + (number of distinct prompts)`` rows. ``prompt_ids``/``response_ids``:
+    equally many lists of token ids (checked as :func:`~prefdyn.probes.pairs.token_pairs` checks pairs)."""
+    if isinstance(prompt_ids, (str, bytes)) or not hasattr(prompt_ids, "__len__"):
+        raise ValueError(f"prompt_ids: expected a list of token-id lists, got {type(prompt_ids).__name__}")
+    if isinstance(response_ids, (str, bytes)) or not hasattr(response_ids, "__len__"):
+        raise ValueError(f"response_ids: expected a list of token-id lists, got {type(response_ids).__name__}")
+    n = len(prompt_ids)
+    if len(response_ids) != n or n == 0:
+        raise ValueError(f"response_ids: expected one response per prompt ({n} prompts, at least one), "
+                         f"got {len(response_ids)}")
+    for name, seqs in (("prompt_ids", prompt_ids), ("response_ids", response_ids)):
+        for i, seq in enumerate(seqs):
+            if not hasattr(seq, "__len__") or isinstance(seq, (str, bytes)) or len(seq) == 0:
+                raise ValueError(f"{name}[{i}]: expected a non-empty list of token ids, got {seq!r}")
+    check_choice("padding_side", padding_side, PADDING_SIDES)
+    pad = pad_token_id_of(model) if pad_token_id is None else check_int("pad_token_id", pad_token_id, 0)
+    keys = [tuple(p.tolist() if isinstance(p, torch.Tensor) else p) for p in prompt_ids]
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    left, right = [], []
+    for idx in groups.values():
+        left.extend(idx[0::2])
+        right.extend(idx[1::2] + ([idx[-1]] if len(idx) % 2 else []))
+    tp = token_pairs([prompt_ids[i] for i in left], [response_ids[i] for i in left],
+                     [response_ids[i] for i in right])
+    sl = forward_logprobs(model, collate(tp, pad, padding_side), autocast=autocast, fp32_head=fp32_head)
+    b = len(left)
+    row = [0] * n
+    for j, i in enumerate(right):
+        row[i] = b + j
+    for j, i in enumerate(left):                      # a self-paired sequence keeps its chosen row
+        row[i] = j
+    index = torch.tensor(row, dtype=torch.int64, device=sl.sums.device)
+    return SequenceLogProbs(sl.tokens[index], sl.sums[index], sl.lengths.to(index.device)[index])
 
 
 def _gather(parts: list[SequenceLogProbs]) -> PairLogProbs:

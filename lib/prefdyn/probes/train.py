@@ -30,6 +30,12 @@ Conventions and choices
   ``torch.random.fork_rng`` (the caller's global RNG state is left as it was).
 - **Logged step.** Row ``step = t`` holds the probes of update ``t``'s forward pass, i.e. at the weights
   after ``t`` updates; steps ``0, log_every, 2 log_every, ...`` and the last update are logged.
+- **Evaluation hook.** ``evaluate(model) -> Mapping[str, float]`` (optional) runs at every logged row, at
+  the same weights (after ``t`` updates, before update ``t``'s forward pass; step 0: before any update),
+  with the model in eval mode under ``torch.no_grad()`` and inside ``torch.random.fork_rng`` (whatever it
+  draws leaves the training's dropout stream alone), then the model goes back to train mode: passing it
+  changes no training number. Its values become the log columns ``eval_<key>`` (the same keys at every
+  row), aligned with ``log["step"]``. E.g. held-out accuracies over training (000 Fig. 4).
 - **Device and precision.** ``device="auto"`` is CUDA when available (:func:`prefdyn.device.resolve_device`).
   A model loaded with a ``device_map`` (``hf_device_map``) stays where it is; another is moved to the
   device. On CUDA the forward runs under bf16 autocast (``bf16=None`` means "on CUDA") with the LM head
@@ -167,11 +173,15 @@ def train_preference(model: Any, pairs: Any, *, tokenizer: Any = None, loss: Any
                      ref: PairLogProbs | None = None, seed: int = 0, shuffle: bool = True,
                      padding_side: str = "right", max_length: int | None = None, truncation: str = "keep_start",
                      device: str | torch.device = "auto", bf16: bool | None = None, fp32_head: bool = True,
-                     progress: bool = True) -> PreferenceRun:
+                     progress: bool = True,
+                     evaluate: Callable[[Any], Mapping[str, float]] | None = None) -> PreferenceRun:
     """Preference training of a causal LM with the probes logged (module docstring: the update, the
     conventions, the log). ``model`` is a ``transformers`` causal LM (or any module whose forward takes
     ``input_ids``/``attention_mask`` and returns ``.logits``) or a local model directory
     (:func:`load_model`; its tokenizer is loaded too). ``pairs``: see :func:`as_token_pairs`.
+
+    ``evaluate``: ``None`` or a callable ``evaluate(model) -> Mapping[str, float]`` run at every logged row
+    (module docstring, "Evaluation hook"); its values are added to ``log`` as ``eval_<key>`` columns.
 
     Every argument is checked before any forward pass (one-line ``ValueError``): unknown loss or loss
     parameter, empty pairs, mismatched lengths, a response with zero tokens after truncation,
@@ -197,6 +207,9 @@ def train_preference(model: Any, pairs: Any, *, tokenizer: Any = None, loss: Any
     seed = check_int("seed", seed, 0)
     shuffle, progress = check_bool("shuffle", shuffle), check_bool("progress", progress)
     fp32_head = check_bool("fp32_head", fp32_head)
+    if evaluate is not None and not callable(evaluate):
+        raise ValueError(f"evaluate: expected None or a callable model -> mapping of floats, got "
+                         f"{type(evaluate).__name__}")
     check_choice("padding_side", padding_side, PADDING_SIDES)
     dev = resolve_device(device)
     if bf16 is None:
@@ -240,6 +253,7 @@ def train_preference(model: Any, pairs: Any, *, tokenizer: Any = None, loss: Any
                             padding_side=padding_side, pad_token_id=pad, autocast=autocast, fp32_head=fp32_head)
     logged = sorted(set(range(0, steps, log_every)) | {steps - 1})
     rows: list[dict[str, float]] = []
+    evals: list[dict[str, float]] = []
     losses = np.empty(steps, dtype=np.float64)
     order = _batches(n, batch_size, steps, seed, shuffle)
     devices = list(range(torch.cuda.device_count())) if dev.type == "cuda" else []
@@ -250,6 +264,8 @@ def train_preference(model: Any, pairs: Any, *, tokenizer: Any = None, loss: Any
             torch.manual_seed(seed)
             for t in (bar(range(steps), desc=f"{Lo.name} training") if progress else range(steps)):
                 idx = order[t]
+                if evaluate is not None and t in logged:    # the weights after t updates, before update t
+                    evals.append(_run_evaluate(evaluate, model, devices, t, evals[0] if evals else None))
                 opt.zero_grad(set_to_none=True)
                 parts = []
                 for j in range(grad_accum):
@@ -272,7 +288,32 @@ def train_preference(model: Any, pairs: Any, *, tokenizer: Any = None, loss: Any
         if not was_training:
             model.eval()
     log = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in PROBE_COLUMNS}
+    if evals:
+        log.update({f"eval_{k}": np.array([e[k] for e in evals], dtype=np.float64) for k in evals[0]})
     return PreferenceRun(log, losses, ref, model, config)
+
+
+def _run_evaluate(evaluate: Callable, model: Any, devices: list, t: int, first: dict | None) -> dict[str, float]:
+    """``evaluate(model)`` in eval mode, without gradients, inside ``fork_rng`` (the training's RNG stream
+    is left as it was); the model goes back to train mode. Returns its values as floats, checked: a
+    mapping of string keys to real numbers, the same keys as at the first logged row (``first``)."""
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            out = evaluate(model)
+    finally:
+        model.train()
+    if not isinstance(out, Mapping) or not all(isinstance(k, str) for k in out):
+        raise ValueError(f"evaluate: expected a mapping of str keys to floats, got {type(out).__name__} at step {t}")
+    vals = {}
+    for k, v in out.items():
+        try:
+            vals[k] = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"evaluate: expected a number for key {k!r}, got {type(v).__name__} at step {t}") from None
+    if first is not None and set(vals) != set(first):
+        raise ValueError(f"evaluate: expected the keys {list(first)} at every logged row, got {list(vals)} at step {t}")
+    return vals
 
 
 def _micro_step(model, pairs: TokenPairs, ref: PairLogProbs, Lo, params, pad, padding_side, autocast, fp32_head,
