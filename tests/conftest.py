@@ -1,4 +1,5 @@
-"""Fixtures shared by the site tests: one offline site build per pytest session.
+"""Fixtures shared by the tests: one offline site build per pytest session (``site``), and one torch
+thread for the language-model tests (``one_thread``).
 
 ``site`` builds the book with Jupyter Book 1.x into a temporary folder, without executing anything (the
 chapters in book/ are already executed), warnings as errors, nitpicky (``-W -n --keep-going``).
@@ -35,3 +36,15 @@ def site() -> Iterator[Path]:
         yield out / "_build" / "html"
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a test module (restored afterwards): on the shared 2-core machine more threads
+    made the language-model tests several times slower (generation about 60x)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -18,13 +18,7 @@ from prefdyn.lm.models import load_lm  # noqa: E402
 from prefdyn.probes import as_token_pairs, pair_logprobs, train_preference  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread (restored afterwards): on the 2 shared cores more threads are several times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")      # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

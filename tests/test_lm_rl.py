@@ -18,13 +18,7 @@ from prefdyn.probes import pair_logprobs, response_logprobs, token_pairs  # noqa
 from prefdyn.stats import mean_ci  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on the shared 2-core machine two threads made generation 60x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")      # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

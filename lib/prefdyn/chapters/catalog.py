@@ -513,17 +513,23 @@ LLM_3D_TOLERANCES = Tolerances(
     ),
 )
 
-def _llm_batch_fits(p):
-    """batch_size <= the training pairs the prompts can give at most (every prompt kept)."""
-    most = int(p["n_prompts"] * (1.0 - p["test_frac"]))
-    if p["batch_size"] <= most:
-        return None
-    return (f"parameter 'batch_size' must be at most n_prompts x (1 - test_frac) = {most}, the training "
-            f"pairs per scenario if every prompt is kept (got {p['batch_size']})")
+def batch_fits(test_frac: float | None = None):
+    """A ``Chapter.checks`` entry of the language-model chapters: ``batch_size`` at most the training pairs
+    the prompts can give, ``n_prompts x (1 - test_frac)`` if every prompt is kept (the verifier's filter
+    keeps fewer; the run checks the real count before training). ``test_frac``: the chapter's fixed
+    held-out fraction, or ``None`` to read its parameter ``test_frac``."""
+    frac = "test_frac" if test_frac is None else f"{test_frac:g}"
 
-
-_llm_batch_fits.description = ("batch_size <= n_prompts x (1 - test_frac) (the training pairs per scenario "
-                               "if every prompt is kept; the verifier's filter keeps fewer)")
+    def check(p):
+        most = int(p["n_prompts"] * (1.0 - (p["test_frac"] if test_frac is None else test_frac)))
+        if p["batch_size"] <= most:
+            return None
+        return (f"parameter 'batch_size' must be at most n_prompts x (1 - {frac}) = {most}, the training pairs "
+                f"if every prompt is kept (got {p['batch_size']})")
+    check.description = (f"batch_size <= n_prompts x (1 - {frac}) (the training pairs if every prompt is kept; "
+                         "the verifier's filter keeps fewer)")
+    check.__name__ = "batch_fits"
+    return check
 
 
 register(Chapter(
@@ -547,21 +553,35 @@ register(Chapter(
         Param("eval_samples", "int", 2, "samples per problem at temperature 1 for the sampled accuracy", low=1, high=64),
         Param("device", "str", "cpu", "where DPO trains: cpu (the golden chapter), cuda, or auto (CUDA when available)", choices=["cpu", "cuda", "auto"]),
     ],
-    checks=[_llm_batch_fits],
+    checks=[batch_fits()],
     tolerances=LLM_3D_TOLERANCES,
 ))
 
-def _trl_batch_fits(p):
-    """batch_size <= the training pairs the prompts can give at most (three quarters of them are trained on)."""
-    most = int(p["n_prompts"] * 0.75)
-    if p["batch_size"] <= most:
+#: Tolerances of "Variants, reward models and RL on the language model": float32 training of a GPT-2.
+LLM_METHODS_TOLERANCES = Tolerances(
+    Tol(rtol=0.05, atol=0.02, reason="float32 training of a GPT-2 (per-token log-probs, accuracies over 200 problems)"),
+    (
+        ("config.*", Tol(atol=0, reason="the settings: exact")),
+        ("paper.*", Tol(atol=0, reason="000's printed tables: exact")),
+        ("data.*", Tol(rtol=0.02, atol=2, reason="pair counts from samples of float32 models")),
+        ("*.holds", Tol(ignore=True, reason="verdicts decided by 95% intervals of a few seeds; their numbers are "
+                                            "compared")),
+        ("*drastic_drop", Tol(ignore=True, reason="a verdict; its numbers (excess_drop) are compared")),
+        ("*degradation", Tol(ignore=True, reason="a verdict; its numbers (change_chosen) are compared")),
+        ("variants.*.grad_ratio_*", Tol(rtol=0.05, atol=0.1, reason="log of a ratio of mean per-token gradients")),
+        ("*accuracy*", Tol(atol=0.04, reason="accuracies over 200 problems or about 50 pairs: a few flipped answers")),
+        ("rl.*", Tol(atol=0.04, reason="rule scores of sampled or greedy answers over 200 problems")),
+    ),
+)
+
+def _rl_prompts_multiple(p):
+    """RLOO sees every prompt once, 16 per update."""
+    if p["rl_prompts"] % 16 == 0:
         return None
-    return (f"parameter 'batch_size' must be at most 3/4 of n_prompts = {most}, the training pairs if every "
-            f"prompt is kept (got {p['batch_size']})")
+    return f"parameter 'rl_prompts' must be a multiple of 16, the prompts per RL update (got {p['rl_prompts']})"
 
 
-_trl_batch_fits.description = ("batch_size <= 3/4 of n_prompts (the training pairs if every prompt is kept; "
-                               "the verifier's filter keeps fewer)")
+_rl_prompts_multiple.description = "rl_prompts a multiple of 16 (prompts per RL update)"
 
 
 #: Tolerances of "Using the probes with TRL": float32 DPOTrainer runs of the shipped GPT-2.
@@ -595,8 +615,37 @@ register(Chapter(
         Param("drop_nats", "float", 0.5, "drastic-drop threshold: per-token fall of the rejected responses' log-prob (nats)", low=0.0, low_open=True, high=100.0),
         Param("degradation_nats", "float", 0.05, "degradation threshold: per-token fall of the chosen responses' log-prob (nats)", low=0.0, high=100.0),
     ],
-    checks=[below("lr_gentle", "lr_hard", "the hard run pushes harder"), _trl_batch_fits],
+    checks=[below("lr_gentle", "lr_hard", "the hard run pushes harder"), batch_fits(0.25)],
     tolerances=TRL_CALLBACK_TOLERANCES,
+))
+
+register(Chapter(
+    id="llm-methods",
+    title="Variants, reward models and RL on the language model",
+    part="4 Language model",
+    params=[
+        Param("seed", "int", 0, "first seed; the runs use seeds seed, ..., seed+n_seeds-1 (batch orders; the RL comparison's prompts and samples)", low=0, high=2**31 - 1),
+        Param("n_seeds", "int", 3, "runs per method; means and 95% intervals are over them", low=2, high=64),
+        Param("data_seed", "int", 0, "seed of the preference pairs, their split and the evaluation problems", low=0, high=2**31 - 1),
+        Param("n_prompts", "int", 256, "training-split prompts sampled for the preference pairs", low=16, high=100000),
+        Param("scenario", "int", 1, "scenario of 000 Table 4 for the variants and the reward model (1: on-policy pairs, 000 Table 10's setting)", low=1, high=4),
+        Param("steps", "int", 40, "updates of every variant's run", low=1, high=100000),
+        Param("batch_size", "int", 16, "preference pairs per update (variants, reward model, DPO)", low=1, high=4096),
+        Param("lr", "float", 1e-4, "AdamW learning rate of the variants (the rate at which DPO shows both properties in the chapter llm-3d)", low=0.0, low_open=True, high=1.0),
+        loss_param("beta", ["dpo"], help="the matched β of every variant (000 eq. 5; App. D.1: 0.1); flex-β uses β+ = β, β− = β/10"),
+        loss_param("gamma", ["sft_dpo"], default=0.1, help="weight γ of SFT-DPO's SFT term (000 eq. 7)"),
+        Param("log_every", "int", 4, "updates between two logged rows of the variants' probes", low=1, high=100000),
+        Param("n_eval", "int", 200, "problems in each evaluation set (in distribution, all-carry)", low=10, high=100000),
+        Param("rm_epochs", "int", 2, "epochs of the reward model and of DPO in the comparison of 000 Fig. 4/11", low=1, high=100),
+        Param("rm_lr", "float", 1e-3, "AdamW learning rate of the reward model", low=0.0, low_open=True, high=1.0),
+        Param("rm_dpo_lr", "float", 1e-4, "AdamW learning rate of DPO in the reward-model comparison", low=0.0, low_open=True, high=1.0),
+        Param("rl_prompts", "int", 256, "prompts of the RL comparison (each seen once by RLOO, 16 per update)", low=16, high=100000),
+        Param("rl_lr", "float", 2e-4, "AdamW learning rate of RLOO", low=0.0, low_open=True, high=1.0),
+        Param("kl_coef", "float", 0.05, "KL penalty of RLOO (folded into the reward)", low=0.0, high=100.0),
+        Param("rl_dpo_lr", "float", 2e-5, "AdamW learning rate of DPO in the RL comparison", low=0.0, low_open=True, high=1.0),
+    ],
+    checks=[batch_fits(0.25), _rl_prompts_multiple],
+    tolerances=LLM_METHODS_TOLERANCES,
 ))
 
 # ------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ and the evaluation problems are fixed by ``data_seed``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -169,16 +169,21 @@ def run_scenarios(split: dict[str, dict[int, list]], eval_sets: dict[str, T.Prob
                   policy: str = "arith-a", scenarios: Sequence[int] = (1, 2, 3, 4), beta: float = 0.1,
                   steps: int = 40, batch_size: int = 16, lr: float = 1e-4, log_every: int = 4,
                   eval_samples: int = 2, eval_seed: int = 0, sampled_sets: Sequence[str] | None = None,
-                  device: str = "cpu", threads: int = 1, progress: bool = False) -> ScenarioRuns:
+                  device: str = "cpu", threads: int = 1, progress: bool = False, loss: Any = "dpo",
+                  loss_params: Mapping[str, Any] | None = None) -> ScenarioRuns:
     """DPO of ``policy`` (a fresh copy per run) on ``split["train"][s]`` for every scenario ``s`` and seed
     (AdamW, no weight decay, constant ``lr``, ``batch_size`` pairs per update, ``steps`` updates, DPO with
     ``beta``; the seed orders the pairs), then the per-token log-probs of the train and test pairs and the
     accuracy on every problem set of ``eval_sets`` (greedy, and the mean over ``eval_samples`` samples at
     temperature 1 with ``eval_seed`` on ``sampled_sets``, default all). One loop over scenarios x seeds:
     each run trains its own model. ``threads``: torch CPU threads during the runs
-    (:class:`prefdyn.device.cpu_settings`)."""
+    (:class:`prefdyn.device.cpu_settings`). ``loss``/``loss_params``: any loss of :mod:`prefdyn.losses`
+    (default DPO with ``beta``; ``loss_params=None`` means ``{"beta": beta}``), checked before any work."""
     from ..probes import as_token_pairs, pair_logprobs, train_preference
 
+    from .. import losses as L
+
+    params = L.get(loss).check(**(dict(loss_params) if loss_params is not None else {"beta": beta}))
     seeds = [check_int("seeds", s, 0) for s in seeds]
     if not seeds:
         raise ValueError("seeds: expected at least one seed, got none")
@@ -220,8 +225,8 @@ def run_scenarios(split: dict[str, dict[int, list]], eval_sets: dict[str, T.Prob
             tp = {side: as_token_pairs(split[side][s], tok) for side in ("train", "test")}
             before_test = _mean_logp(pair_logprobs(base, tp["test"], batch_size=64))
             for j, seed in enumerate(seeds):
-                run = train_preference(load_lm(policy), tp["train"], tokenizer=tok, loss="dpo",
-                                       loss_params={"beta": beta}, steps=steps, batch_size=batch_size, lr=lr,
+                run = train_preference(load_lm(policy), tp["train"], tokenizer=tok, loss=loss,
+                                       loss_params=params, steps=steps, batch_size=batch_size, lr=lr,
                                        optimizer="adamw", weight_decay=0.0, log_every=log_every, seed=seed,
                                        device=device, progress=progress)
                 model = run.model.to("cpu").eval()
@@ -237,7 +242,8 @@ def run_scenarios(split: dict[str, dict[int, list]], eval_sets: dict[str, T.Prob
                 losses.append(run.losses)
     T_ = len(logs["step"][0])
     logs_arr = {k: np.stack(v).reshape(S, K, T_) for k, v in logs.items()}
-    config = dict(policy=policy, scenarios=scenarios, seeds=seeds, beta=beta, steps=steps, batch_size=batch_size,
+    config = dict(policy=policy, scenarios=scenarios, seeds=seeds, beta=beta, loss=L.get(loss).name,
+                  loss_params=params, steps=steps, batch_size=batch_size,
                   lr=lr, optimizer="adamw", weight_decay=0.0, log_every=log_every, eval_samples=eval_samples,
                   eval_seed=eval_seed, n_train={s: len(split["train"][s]) for s in scenarios},
                   n_test={s: len(split["test"][s]) for s in scenarios},
