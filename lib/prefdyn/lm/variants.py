@@ -59,8 +59,6 @@ def variant_losses(names: Sequence[str], beta: float = 0.1, gamma: float = 0.1) 
     for n in names:
         if n not in VARIANTS:
             raise ValueError(f"variants: expected names among {', '.join(VARIANTS)}, got {n!r}")
-    if "DPO" not in names:
-        names = ["DPO", *names]
     names = ["DPO", *[n for n in names if n != "DPO"]]
     return {n: (VARIANTS[n][0], VARIANTS[n][1](beta, gamma)) for n in names}
 
