@@ -5,6 +5,9 @@
 # and, for the site alone:
 #   make site-test   tests/test_site.py + tests/test_browser.py: build the site once, check every page's HTML,
 #                    load every page in headless Chromium, screenshots in _build/screenshots/<page>.png
+# and, for the timings:
+#   make bench       prefdyn bench all: the toy and probes benchmarks, the machine and the chapter times of the
+#                    last `make book` (_build/book-times.json) in one record, _build/bench.json
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +16,7 @@ PYTEST_ARGS ?=
 # Debian's Chromium, driven by Playwright in tests/test_browser.py (never Playwright's own browsers).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install chromium book site test site-test clean
+.PHONY: install chromium book site test site-test bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +54,11 @@ test: install chromium
 site-test: install chromium
 	PREFDYN_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests/test_site.py tests/test_browser.py -p no:cacheprovider \
 		$(PYTEST_ARGS)
+
+# Every timing the book quotes, on this machine, in one JSON (the Performance appendix shows the committed
+# one, book/data/bench.json).
+bench: install
+	$(VENV)/bin/prefdyn bench all --out _build/bench.json
 
 clean:
 	rm -rf _build runs

@@ -182,7 +182,7 @@ def test_bench_bad_input_is_one_line_exit_2(capsys, no_execution, args, needle):
 
 def test_bench_unknown_benchmark_and_out_folder(tmp_path, capsys, no_execution):
     code, _, err = _main(capsys, "bench", "nosuch")
-    assert code == 2 and "unknown benchmark 'nosuch' (available: toy, probes)" in _one_line(err)
+    assert code == 2 and "unknown benchmark 'nosuch' (available: toy, probes, all)" in _one_line(err)
     code, _, err = _main(capsys, "bench", "toy", "--out", str(tmp_path))
     assert code == 2 and "--out: expected a JSON file" in _one_line(err)
 

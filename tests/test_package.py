@@ -19,7 +19,7 @@ LAYERS = {
     "validate": 0, "device": 0, "progress": 0, "stats": 0,
     "losses": 1,
     "symbolic": 2, "records": 2, "toy": 3, "fields": 2, "printed": 3, "rlhf": 4, "imbalance": 4, "probes": 4, "lm": 4, "bench": 4,
-    "regression": 2, "results": 2, "tables": 2, "plotting": 2,
+    "regression": 2, "results": 2, "ledger": 3, "tables": 2, "plotting": 2,
     "chapters": 5, "sitebuild": 5, "cli": 6,
 }
 

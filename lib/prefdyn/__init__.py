@@ -19,7 +19,8 @@ The library behind the executable book. One concept per module; the dependency d
 - ``prefdyn.bench``     the batched trainer against a plain loop (``prefdyn bench toy``);
 - ``prefdyn.plotting``  the one plotting style of the book and its figure helpers;
 - ``prefdyn.tables``    tables of key numbers; ``prefdyn.results`` the chapters' JSON results;
-- ``prefdyn.regression``  tolerances of the golden numbers;
+- ``prefdyn.regression``  tolerances of the golden numbers; ``prefdyn.ledger`` the claims ledger (verdicts
+                        computed from the chapters' results);
 - ``prefdyn.validate``  argument checks at the API boundary; ``prefdyn.device`` devices and CPU settings;
 - ``prefdyn.progress``  progress bars that stay out of executed chapters;
 - ``prefdyn.chapters``  chapter declarations, parameter validation and the papermill runner;
@@ -37,7 +38,7 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = ("losses", "symbolic", "printed", "fields", "toy", "records", "stats", "rlhf", "imbalance", "probes", "lm", "bench", "plotting",
-            "tables", "results", "regression", "validate", "device", "progress", "chapters", "cli")
+            "tables", "results", "regression", "ledger", "validate", "device", "progress", "chapters", "cli")
 __all__ = ["__version__", *_MODULES]
 
 

@@ -6,6 +6,7 @@
     prefdyn check CHAPTER [RUN_JSON] [--device D]  a run's key numbers vs the book's, under the chapter's tolerances
     prefdyn bench toy [...]                        batched vs looped toy trainer (see prefdyn.bench)
     prefdyn bench probes [...]                     LLM probes vs a plain loop and vs TRL's DPOTrainer
+    prefdyn bench all [--out FILE]                 both, the machine and the book's times in one record (make bench)
     prefdyn --version
 
 Exit codes: 0 success; 1 a chapter or the site build failed, ``check`` found numbers beyond tolerance, or its files could not be moved into place;
@@ -69,11 +70,7 @@ def _cmd_list(args) -> int:
     return 0
 
 
-def describe_check(check) -> str:
-    """A constraint between parameters in words: its ``description`` (set by ``catalog.below``), else the
-    first line of its docstring, else its name."""
-    text = getattr(check, "description", None) or (getattr(check, "__doc__", None) or "").strip().split("\n")[0]
-    return text or getattr(check, "__name__", repr(check))
+from .chapters.params import describe_check  # noqa: E402  (re-exported: `prefdyn list` prints it)
 
 
 def _cmd_run(args) -> int:
@@ -103,6 +100,7 @@ def _cmd_book(args) -> int:
     from .chapters.runner import ChapterFailed, InstallFailed, all_chapters, build_site, run_chapter
 
     ids = [get_chapter(c).id for c in args.only] if args.only else all_chapters()
+    times: dict[str, float] = {}                  # wall time of every executed chapter, for book-times.json
     if not args.no_execute:
         for cid in ids:
             t0 = time.perf_counter()
@@ -111,14 +109,33 @@ def _cmd_book(args) -> int:
             except (ChapterFailed, InstallFailed) as exc:
                 print(f"prefdyn: {exc}", file=sys.stderr)
                 return 1
-            print(f"{cid}: executed into book/ in {time.perf_counter() - t0:.1f} s", flush=True)
+            times[cid] = time.perf_counter() - t0
+            print(f"{cid}: executed into book/ in {times[cid]:.1f} s", flush=True)
+    from .chapters.pages import write_pages
+    from .chapters.rerun import refresh_book_notebooks
+    from .chapters.runner import repo_root
+
+    for path in refresh_book_notebooks(repo_root()):   # the "Rerun this chapter" boxes, without re-execution
+        print(f"updated {path}")
+    for path in write_pages(repo_root()):      # findings, parameters, ...: from the chapters' results
+        print(f"generated {path}")
+    site_s = None
     if not args.no_build:
         t0 = time.perf_counter()
         code = build_site()
         if code != 0:
             print("prefdyn: the site build failed (see the warnings above)", file=sys.stderr)
             return 1
-        print(f"site built in {time.perf_counter() - t0:.1f} s: open _build/html/index.html")
+        site_s = time.perf_counter() - t0
+        print(f"site built in {site_s:.1f} s: open _build/html/index.html")
+    if times or site_s is not None:
+        from .bench import BOOK_TIMES, record_book_times
+
+        # a partial run (--only, --no-execute, --no-build) keeps the times of what it did not redo
+        partial = bool(args.only) or args.no_execute or args.no_build
+        path = repo_root() / BOOK_TIMES
+        record_book_times(path, times, site_s, merge=partial)
+        print(f"times written to {path} (prefdyn bench all includes them)")
     return 0
 
 
@@ -171,21 +188,24 @@ def _cmd_check(args) -> int:
 
 _TOY_ONLY = ("members", "loop_members", "loss", "device", "loop_threads")
 _PROBES_ONLY = ("pairs", "batch", "repeats", "optimizer", "model_path")
+_BOTH = ("steps", "threads")
 
 
 def _cmd_bench(args) -> int:
     """``prefdyn bench toy``: runs :func:`prefdyn.bench.bench` from the parsed arguments (``None`` takes
     its defaults; ``--out`` defaults to ``runs/bench/toy.json``), prints every number.
-    ``prefdyn bench probes``: :func:`_cmd_bench_probes`."""
-    if args.what not in ("toy", "probes"):
-        raise ParameterError(f"unknown benchmark '{args.what}' (available: toy, probes)")
-    other = _PROBES_ONLY if args.what == "toy" else _TOY_ONLY
+    ``prefdyn bench probes``: :func:`_cmd_bench_probes`; ``prefdyn bench all``: :func:`_cmd_bench_all`."""
+    if args.what not in ("toy", "probes", "all"):
+        raise ParameterError(f"unknown benchmark '{args.what}' (available: toy, probes, all)")
+    other = {"toy": _PROBES_ONLY, "probes": _TOY_ONLY, "all": _TOY_ONLY + _PROBES_ONLY + _BOTH}[args.what]
     for name in other:
         if getattr(args, name, None) is not None:
             flag = "--" + name.replace("_", "-")
             raise ParameterError(f"{flag}: not an option of the {args.what} benchmark")
     if args.what == "probes":
         return _cmd_bench_probes(args)
+    if args.what == "all":
+        return _cmd_bench_all(args)
     from pathlib import Path
 
     from .bench import bench
@@ -295,6 +315,37 @@ def _cmd_bench_probes(args) -> int:
     return 0
 
 
+def _cmd_bench_all(args) -> int:
+    """``prefdyn bench all`` (``make bench``): :func:`prefdyn.bench.bench_all` with its settings, the book's
+    times from ``_build/book-times.json`` when ``prefdyn book`` wrote them; ``--out`` defaults to
+    ``_build/bench.json``. Prints a short summary and the path."""
+    from pathlib import Path
+
+    from .bench import BOOK_TIMES, bench_all, summary_lines
+    from .chapters.runner import repo_root
+
+    out = args.out if args.out is not None else "_build/bench.json"
+    if not str(out).strip() or Path(out).is_dir():
+        raise ParameterError(f"--out: expected a JSON file, got {str(out)!r}"
+                             + (" (a folder)" if str(out).strip() else ""))
+    try:
+        book_times = repo_root() / BOOK_TIMES
+    except FileNotFoundError:                    # not run from a clone: no book to time
+        book_times = None
+    try:
+        import datasets  # noqa: F401
+        import transformers  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as exc:
+        raise ParameterError(f"trl: the probes benchmark needs transformers, datasets and trl (the test extra "
+                             f"'trl'), got {' '.join(str(exc).split())}") from None
+    record = bench_all(out, book_times=book_times)
+    for line in summary_lines(record):
+        print(line)
+    print(f"wrote {out} in {record['bench_s']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prefdyn", description="The executable book on the training dynamics of DPO.")
     parser.add_argument("--version", action="version", version=f"prefdyn {__version__}")
@@ -334,14 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks (toy: batched vs looped toy trainer; probes: LLM log-probs "
                        "and DPO step vs a plain loop and TRL's DPOTrainer)")
-    p.add_argument("what", help="which benchmark: toy or probes")
+    p.add_argument("what", help="which benchmark: toy, probes, or all (both and the book's times in one "
+                   "record, make bench)")
     p.add_argument("--members", type=int, default=None, help="toy: ensemble members (default 256)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the benchmark's own)")
     p.add_argument("--loop-members", type=int, default=None,
                    help="toy: time the plain loop on this many members and scale linearly (default: all)")
     p.add_argument("--loss", default=None, help="toy: loss of prefdyn.losses (default dpo)")
     p.add_argument("--device", default=None, help="toy: auto, cpu or cuda (default auto)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the batched trainer (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of the batched trainer (default 1)")
     p.add_argument("--loop-threads", type=int, default=None,
                    help="toy: torch intra-op threads of the plain loop (default: --threads)")
     p.add_argument("--pairs", type=int, default=None, help="probes: preference pairs (default 64)")
@@ -350,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default=None, help="probes: adamw or sgd, the same on both sides (default adamw)")
     p.add_argument("--model-path", default=None, help="probes: a local Hugging Face model directory (default: "
                    "a 4-layer GPT-2 built in memory)")
-    p.add_argument("--out", default=None, help="JSON file for the result (default runs/bench/<what>.json)")
+    p.add_argument("--out", default=None, help="JSON file for the result (default runs/bench/<what>.json; "
+                   "all: _build/bench.json)")
     p.set_defaults(func=_cmd_bench)
     return parser
 

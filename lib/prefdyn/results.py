@@ -107,20 +107,22 @@ def count(obj: Any) -> int:
     return 1
 
 
-def saved_line(chapter: str, n: int) -> str:
+def saved_line(chapter: str, n: int, claims: int = 0) -> str:
     """The one line :func:`save_results` prints: machine-independent (no path, no time)."""
-    return f"{n} key numbers saved to {chapter}.json"
+    ledger = f", with the ledger of {claims} claim{'s' if claims != 1 else ''}" if claims else ""
+    return f"{n} key numbers saved to {chapter}.json{ledger}"
 
 
 def save_results(chapter: str, results: Mapping[str, Any], parameters: Mapping[str, Any] | None = None,
-                 digits: int = DIGITS, echo: bool | str = "count") -> Path:
+                 digits: int = DIGITS, echo: bool | str = "count", claims: list | None = None) -> Path:
     """Round ``results`` and write them, with the parameters, to the chapter's JSON.
 
     ``echo="count"`` (the chapters' default) prints one line, :func:`saved_line`: the chapter shows its
     numbers in tables, and the JSON keeps all of them for :mod:`prefdyn.regression`. ``echo=True`` prints
     every number as a ``key = value`` line (:func:`lines`), ``False`` nothing.
 
-    The JSON holds ``{"chapter", "parameters", "results"}`` with deterministic content (no timestamps), so
+    The JSON holds ``{"chapter", "parameters", "results"}`` (and ``"claims"``, the chapter's ledger of
+    :mod:`prefdyn.ledger`, when ``claims`` is given) with deterministic content (no timestamps), so
     the committed ``book/data/*.json`` only changes when a number does.
     """
     if not isinstance(results, Mapping) or not results:
@@ -130,8 +132,10 @@ def save_results(chapter: str, results: Mapping[str, Any], parameters: Mapping[s
         "parameters": rounded(dict(parameters or {}), digits),
         "results": rounded(results, digits),
     }
+    if claims:                               # the chapter's ledger (prefdyn.ledger.entries), already resolved
+        data["claims"] = claims
     if echo == "count":
-        print(saved_line(chapter, count(data["results"])))
+        print(saved_line(chapter, count(data["results"]), len(claims or ())))
     elif echo:
         print("\n".join(lines(results, digits=digits)))
     path = results_path(chapter)
@@ -145,3 +149,16 @@ def save_results(chapter: str, results: Mapping[str, Any], parameters: Mapping[s
 def load_results(path: str | os.PathLike) -> dict:
     """Read a chapter's JSON results back (``{"chapter", "parameters", "results"}``)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The book's root folder: the nearest parent of ``start`` (default: cwd) holding ``_toc.yml`` and
+    ``notebooks/``, else the checkout this package was installed from (editable install)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    pkg_root = Path(__file__).resolve().parents[2]
+    if (pkg_root / "_toc.yml").is_file():
+        return pkg_root
+    raise FileNotFoundError("cannot find the book's root (a folder with _toc.yml and notebooks/); run from the repository")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, MutableMapping
 
 from .. import results as _results
@@ -27,6 +27,7 @@ class ChapterContext:
     chapter: Chapter
     params: dict[str, Any]
     seed: int
+    claims: list = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -37,6 +38,26 @@ class ChapterContext:
         """Format a number exactly as :meth:`save_results` prints it."""
         return _results.fmt(x, digits)
 
+    def claim(self, id: str, *, source: str, statement: str, evidence: Mapping[str, str], rule: str,
+              robust: str | None = None, condition: str = "", section: str = "", note: str = "") -> None:
+        """Register a claim of the papers that this chapter tests (:class:`prefdyn.ledger.Claim`): its
+        ``evidence`` names keys of the results the chapter will save, ``rule`` (and ``robust``, with the
+        ``condition``) decide the verdict from them. Resolved by :meth:`save_results`, which fails before
+        writing anything when a key is missing; the verdicts go to the Findings page."""
+        from ..ledger import Claim, LedgerError
+
+        c = Claim(id, source, statement, evidence, rule, robust, condition, section, note)
+        if any(x.id == c.id for x in self.claims):
+            raise LedgerError(f"{self.id}: claim {id} registered twice")
+        self.claims.append(c)
+
+    def verdicts(self, results: Mapping[str, Any], width: int = 72) -> None:
+        """Print the verdict of every registered claim against ``results`` (the dict the chapter is about to
+        save), wrapped at ``width``: what :meth:`save_results` will put in the ledger."""
+        from ..ledger import entries, verdict_lines
+
+        print("\n".join(verdict_lines(entries(self.claims, results, self.chapter.id), width)))
+
     def save_results(self, results: Mapping[str, Any]) -> None:
         """Write ``results`` (rounded to 4 significant digits), with the parameters, to the chapter's JSON
         and print one line saying how many numbers were saved.
@@ -45,7 +66,10 @@ class ChapterContext:
         compares it with the golden ``book/data/<id>.json`` under the chapter's declared tolerances
         (:mod:`prefdyn.regression`). Returns nothing (the JSON's path differs between runs).
         """
-        _results.save_results(self.chapter.id, results, self.params)
+        from ..ledger import entries
+
+        ledger = entries(self.claims, results, self.chapter.id)     # every claim resolved before writing
+        _results.save_results(self.chapter.id, results, self.params, claims=ledger)
 
 
 def seed_everything(seed: int) -> None:

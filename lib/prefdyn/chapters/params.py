@@ -253,6 +253,13 @@ class Chapter:
         return out
 
 
+def describe_check(check) -> str:
+    """A constraint between parameters in words: its ``description`` (set by ``catalog.below``), else the
+    first line of its docstring, else its name (what ``prefdyn list`` and the rerun boxes print)."""
+    text = getattr(check, "description", None) or (getattr(check, "__doc__", None) or "").strip().split("\n")[0]
+    return text or getattr(check, "__name__", repr(check))
+
+
 def _split_list(value: Any) -> list | None:
     if isinstance(value, (list, tuple)):
         return list(value)

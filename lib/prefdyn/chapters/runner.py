@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..results import repo_root  # noqa: F401  (re-exported: the runner's callers find the root here)
 from .catalog import CHAPTERS, get_chapter
 from .params import Chapter, ParameterError, format_value
 
@@ -55,19 +56,6 @@ class RunResult:
     notebook: Path
     results: Path | None
     parameters: dict[str, Any]
-
-
-def repo_root(start: Path | None = None) -> Path:
-    """The book's root folder: the nearest parent of ``start`` (default: cwd) holding ``_toc.yml`` and
-    ``notebooks/``, else the checkout this package was installed from (editable install)."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "_toc.yml").is_file() and (folder / "notebooks").is_dir():
-            return folder
-    pkg_root = Path(__file__).resolve().parents[3]
-    if (pkg_root / "_toc.yml").is_file():
-        return pkg_root
-    raise FileNotFoundError("cannot find the book's root (a folder with _toc.yml and notebooks/); run from the repository")
 
 
 #: Longest readable part of a run folder's name (the hash that follows keeps it unique).
@@ -94,7 +82,8 @@ def run_name(chapter: Chapter, overrides: Mapping[str, Any]) -> str:
 
 
 def source_notebook(chapter: Chapter, root: Path):
-    """The chapter's jupytext source read as a notebook (papermill cannot read ``.md`` itself)."""
+    """The chapter's jupytext source read as a notebook (papermill cannot read ``.md`` itself), with the
+    generated "Rerun this chapter" box (:mod:`prefdyn.chapters.rerun`) after its first markdown cell."""
     import jupytext
 
     path = root / chapter.source
@@ -107,14 +96,18 @@ def source_notebook(chapter: Chapter, root: Path):
     n_param = sum("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells)
     if n_param != 1:
         raise ValueError(f"{chapter.id}: the source must have exactly one cell tagged 'parameters' (found {n_param})")
-    return nb
+    from .rerun import insert_box
+
+    return insert_box(nb, chapter)           # the "Rerun this chapter" box, after the ids: they do not move
 
 
 _NB_META_DROP = ("start_time", "end_time", "duration", "exception", "input_path", "output_path")
 
 
 def clean_executed(nb) -> None:
-    """Remove the run-dependent metadata (timings, temporary paths) from an executed notebook, in place."""
+    """Remove the run-dependent metadata (timings, temporary paths) from an executed notebook, and store its
+    figures as palette PNGs (:func:`prefdyn.plotting.palette_png`), in place."""
+    small_figures(nb)
     pm = nb.metadata.get("papermill", {})
     for key in _NB_META_DROP:
         pm.pop(key, None)
@@ -128,6 +121,27 @@ def clean_executed(nb) -> None:
                 cell.metadata.pop("papermill")
         if cell.cell_type == "code":
             cell.metadata.pop("scrolled", None)
+
+
+def small_figures(nb) -> int:
+    """Replace every PNG output of ``nb`` by its palette PNG (:func:`prefdyn.plotting.palette_png`), in
+    place; returns how many changed."""
+    import base64
+
+    from ..plotting import palette_png
+
+    n = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "image/png" not in data:
+                continue
+            raw = base64.b64decode(data["image/png"])
+            small = palette_png(raw)
+            if small != raw:
+                data["image/png"] = base64.b64encode(small).decode("ascii")
+                n += 1
+    return n
 
 
 @contextlib.contextmanager

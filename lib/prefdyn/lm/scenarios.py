@@ -35,7 +35,8 @@ from .models import load_lm
 from .prefdata import SCENARIOS, PrefData, accuracy
 
 __all__ = ["quiet", "PAPER_TABLE1", "PAPER_TABLE2", "has_full_carry", "carry_problems", "split_pairs", "ScenarioRuns",
-           "run_scenarios", "logp_table", "accuracy_table", "claims", "paper_claims", "CLAIMS", "EVAL_SETS"]
+           "run_scenarios", "logp_table", "accuracy_table", "claims", "paper_claims", "CLAIMS", "EVAL_SETS",
+           "ledger_claims"]
 
 def quiet() -> None:
     """Silence ``transformers`` in a chapter before it loads a model: no weight-loading progress bars, only
@@ -170,7 +171,9 @@ def run_scenarios(split: dict[str, dict[int, list]], eval_sets: dict[str, T.Prob
                   steps: int = 40, batch_size: int = 16, lr: float = 1e-4, log_every: int = 4,
                   eval_samples: int = 2, eval_seed: int = 0, sampled_sets: Sequence[str] | None = None,
                   device: str = "cpu", threads: int = 1, progress: bool = False, loss: Any = "dpo",
-                  loss_params: Mapping[str, Any] | None = None) -> ScenarioRuns:
+                  loss_params: Mapping[str, Any] | None = None,
+                  base_accuracy: Mapping[str, Mapping[str, float]] | None = None,
+                  ref_cache: dict | None = None) -> ScenarioRuns:
     """DPO of ``policy`` (a fresh copy per run) on ``split["train"][s]`` for every scenario ``s`` and seed
     (AdamW, no weight decay, constant ``lr``, ``batch_size`` pairs per update, ``steps`` updates, DPO with
     ``beta``; the seed orders the pairs), then the per-token log-probs of the train and test pairs and the
@@ -178,7 +181,13 @@ def run_scenarios(split: dict[str, dict[int, list]], eval_sets: dict[str, T.Prob
     temperature 1 with ``eval_seed`` on ``sampled_sets``, default all). One loop over scenarios x seeds:
     each run trains its own model. ``threads``: torch CPU threads during the runs
     (:class:`prefdyn.device.cpu_settings`). ``loss``/``loss_params``: any loss of :mod:`prefdyn.losses`
-    (default DPO with ``beta``; ``loss_params=None`` means ``{"beta": beta}``), checked before any work."""
+    (default DPO with ``beta``; ``loss_params=None`` means ``{"beta": beta}``), checked before any work.
+    ``base_accuracy``: the base model's accuracies of an earlier call with the same ``policy``, evaluation
+    sets and sampling (its ``ScenarioRuns.base_accuracy``), reused instead of evaluated again.
+    ``ref_cache``: a dict shared by calls on the same ``split`` and ``policy``: the reference log-probs of a
+    scenario's training pairs (:func:`prefdyn.probes.train_preference`'s ``run.ref``, the same for every seed
+    and loss) are computed by the first run and reused by the others (kept per scenario, batch size and
+    device)."""
     from ..probes import as_token_pairs, pair_logprobs, train_preference
 
     from .. import losses as L
@@ -198,12 +207,18 @@ def run_scenarios(split: dict[str, dict[int, list]], eval_sets: dict[str, T.Prob
     for name in sampled_sets:
         if name not in eval_sets:
             raise ValueError(f"sampled_sets: expected names of eval_sets ({', '.join(eval_sets)}), got {name!r}")
+    if base_accuracy is not None:
+        want = {e: {"greedy", "sampled"} for e in eval_sets}
+        if {e: set(d) for e, d in base_accuracy.items()} != want:
+            raise ValueError(f"base_accuracy: expected greedy and sampled accuracies of the evaluation sets "
+                             f"({', '.join(eval_sets)}), got {sorted(base_accuracy)}")
     for s in scenarios:                     # before any training: every scenario has a batch of pairs
         n = len(split["train"][s])
         if batch_size > n:
             raise ValueError(f"batch_size: expected at most the training pairs of scenario {s} ({n}), "
                              f"got {batch_size}")
     tok = T.make_tokenizer()
+    refs = {} if ref_cache is None else ref_cache
     S, K = len(scenarios), len(seeds)
     logp = np.zeros((S, K, 2, 2, 2))
     acc = {e: {"greedy": np.zeros((S, K)), "sampled": np.full((S, K), np.nan)} for e in eval_sets}
@@ -220,15 +235,17 @@ def run_scenarios(split: dict[str, dict[int, list]], eval_sets: dict[str, T.Prob
 
     with cpu_settings(threads, flush_denormal=False):
         base = load_lm(policy)
-        base_acc = evaluate(base)
+        base_acc = evaluate(base) if base_accuracy is None else {e: dict(d) for e, d in base_accuracy.items()}
         for i, s in enumerate(scenarios):
             tp = {side: as_token_pairs(split[side][s], tok) for side in ("train", "test")}
             before_test = _mean_logp(pair_logprobs(base, tp["test"], batch_size=64))
             for j, seed in enumerate(seeds):
+                key = (policy, s, batch_size, str(device))
                 run = train_preference(load_lm(policy), tp["train"], tokenizer=tok, loss=loss,
                                        loss_params=params, steps=steps, batch_size=batch_size, lr=lr,
                                        optimizer="adamw", weight_decay=0.0, log_every=log_every, seed=seed,
-                                       device=device, progress=progress)
+                                       device=device, progress=progress, ref=refs.get(key))
+                refs.setdefault(key, run.ref)
                 model = run.model.to("cpu").eval()
                 logp[i, j, 0, :, 0] = _mean_logp(run.ref)
                 logp[i, j, 0, :, 1] = before_test
@@ -391,3 +408,74 @@ def claims_tables(c: dict[str, Any], paper: dict[str, dict[str, Any]], label: st
     across = Table(["here (intervals apart)"] + [f"000, {m}" for m in paper], rows2, corner="claim",
                    title="Claims across scenarios" + label)
     return per, across
+
+
+def ledger_claims(results: Mapping[str, Any], *, lr: float, lr_contrast: float) -> list[dict[str, Any]]:
+    """000 Sec. 5's claims tested by the chapter llm-3d, as claims of the book's ledger
+    (:mod:`prefdyn.ledger`; keyword arguments of :meth:`prefdyn.chapters.ChapterContext.claim`), their
+    evidence read from the chapter's ``results``: ``claims``/``logp_table``/``accuracy_table`` (the main run
+    at ``lr``) and ``contrast.*`` (the same at ``lr_contrast``). Each claim is tested at one of the two
+    rates (``rule``) and at both (``robust``): the drastic drop and the accuracy claims at ``lr``, the
+    degradation and the gradient growth, which 000 shows on a model trained to the end, at ``lr_contrast``."""
+    scen = [k for k in results["claims"]["drastic_drop"]]                 # "S1", ...
+
+    def both(build, main_first: bool = True):
+        ev_m, rule_m = build("", "")
+        ev_c, rule_c = build("c_", "contrast.")
+        rule, other = (rule_m, rule_c) if main_first else (rule_c, rule_m)
+        return {"evidence": {**ev_m, **ev_c}, "rule": rule, "robust": f"({rule}) and ({other})",
+                "condition": (f"DPO trains at lr = {lr:g}; it fails at lr = {lr_contrast:g}" if main_first else
+                              f"DPO is pushed hard (lr = {lr_contrast:g}); it fails at lr = {lr:g}")}
+
+    def drop(p, r):
+        ev = {f"{p}{s.lower()}_lo": f"{r}claims.drastic_drop.{s}.excess_drop.lo" for s in scen}
+        return ev, f"min({', '.join(ev)}) > 0"
+
+    def degradation(p, r):
+        return {f"{p}s1_hi": f"{r}claims.degradation.S1.change_chosen.hi"}, f"{p}s1_hi < 0"
+
+    def grows(p, r):
+        ev = {f"{p}{s.lower()}_lo": f"{r}claims.grad_rejected_grows_more.{s}.log_growth_difference.lo"
+              for s in scen}
+        return ev, f"min({', '.join(ev)}) > 0"
+
+    def extreme(table: str, key: str, which: str, highest: bool):
+        def build(p, r):
+            ev = {}
+            for s in scen:
+                for b in ("lo", "hi"):
+                    ev[f"{p}{s.lower()}_{b}"] = f"{r}{table}.{s}.{key}.{b}"
+            me = which.lower()
+            others = [s.lower() for s in scen if s != which]
+            if highest:       # its interval above every other's
+                return ev, f"{p}{me}_lo > max({', '.join(f'{p}{o}_hi' for o in others)})"
+            return ev, f"{p}{me}_hi < min({', '.join(f'{p}{o}_lo' for o in others)})"
+        return build
+
+    sec = "Which of 000's claims reproduce at this scale"
+    out = [
+        {"id": "drastic-drop", "source": "000 Sec. 5.2, Table 1; Property 1", "section": sec,
+         "statement": "in every data scenario DPO lowers the rejected responses' log-prob by more than it "
+                      "changes the chosen ones'", **both(drop)},
+        {"id": "degradation", "source": "000 Sec. 5.2, Table 1; Property 2", "section": sec,
+         "statement": "on on-policy pairs (S1) DPO lowers the chosen responses' log-prob too",
+         **both(degradation, main_first=False)},
+        {"id": "gradient-rejected-grows", "source": "000 App. D.2, Fig. 10", "section": sec,
+         "statement": "over training the gradient on the rejected response's probability grows more than "
+                      "the one on the chosen response's, in every scenario",
+         **both(grows, main_first=False), "note": "per-token probabilities; growth = last third of the logged "
+                                                  "updates minus the first third"},
+        {"id": "s1-slowest-rejected-decline", "source": "000 Sec. 5.2", "section": sec,
+         "statement": "on-policy pairs (S1) give the slowest decline of the rejected responses' log-prob",
+         **both(extreme("logp_table", "change.rejected.train", "S1", highest=True)),
+         "note": "per-token change on the training pairs; intervals apart"},
+        {"id": "s1-best-accuracy", "source": "000 Sec. 5.2, Tables 2, 8, 9", "section": sec,
+         "statement": "DPO on on-policy pairs (S1) gives the best accuracy of the four scenarios",
+         **both(extreme("accuracy_table", "in_distribution.greedy", "S1", highest=True)),
+         "note": "in distribution, greedy; intervals apart"},
+        {"id": "off-policy-worst-accuracy", "source": "000 Sec. 5.2, Tables 2, 8, 9", "section": sec,
+         "statement": "DPO on off-policy pairs (S4) gives the worst accuracy of the four scenarios",
+         **both(extreme("accuracy_table", "in_distribution.greedy", "S4", highest=False)),
+         "note": "in distribution, greedy; intervals apart"},
+    ]
+    return out

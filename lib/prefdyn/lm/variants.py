@@ -17,6 +17,10 @@ seed (the same seed = the same batch order) with its 95% interval.
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -25,7 +29,8 @@ from ..stats import mean_ci
 from ..validate import check_number
 from . import scenarios as SC
 
-__all__ = ["VARIANTS", "PAPER_TABLE10", "variant_losses", "run_variants", "variants_table", "method_claims"]
+__all__ = ["VARIANTS", "PAPER_TABLE10", "variant_losses", "run_variants", "variants_table", "method_claims",
+           "llm3d_worst"]
 
 #: 000 Table 10 as printed (Baichuan2-33B on mathematical reasoning; flex-DPO with beta1 = 0.1, beta2 =
 #: 0.01): method -> (MATH* 5 points, MATH* 4&5 points, SuperCLUE 5 points, SuperCLUE 4&5 points).
@@ -71,11 +76,35 @@ def run_variants(split: Mapping, eval_sets: Mapping, *, variants: Sequence[str] 
     ``{name: ScenarioRuns}`` (one scenario each), DPO first."""
     if scenario not in SC.SCENARIOS:
         raise ValueError(f"scenario: expected one of {sorted(SC.SCENARIOS)}, got {scenario!r}")
-    out = {}
+    out: dict[str, SC.ScenarioRuns] = {}
+    refs: dict = {}                                    # the reference log-probs, computed once for every run
     for name, (loss, params) in variant_losses(variants, beta, gamma).items():
+        base = next(iter(out.values())).base_accuracy if out else None      # the base model evaluated once
         out[name] = SC.run_scenarios(split, eval_sets, seeds=seeds, scenarios=(scenario,), beta=beta, loss=loss,
-                                     loss_params=params, **kw)
+                                     loss_params=params, base_accuracy=base, ref_cache=refs, **kw)
     return out
+
+
+def llm3d_worst(path: str | Path, lr: float) -> dict[str, Any] | None:
+    """The scenario with the lowest in-distribution greedy accuracy after DPO in the chapter llm-3d's saved
+    results (``path``: its ``book/data/llm-3d.json``), in its run at learning rate ``lr`` (the main run or
+    the contrast run): ``{"scenario", "accuracy" (mean over seeds), "lr", "run"}``, or ``None`` when the file
+    is missing or neither run used ``lr``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    res = data.get("results", {})
+    runs = {"main": (res.get("config", {}).get("lr"), res.get("accuracy_table")),
+            "contrast": (res.get("contrast", {}).get("lr"), res.get("contrast", {}).get("accuracy_table"))}
+    for run, (run_lr, table) in runs.items():
+        if run_lr is None or table is None or not math.isclose(float(run_lr), float(lr), rel_tol=1e-9):
+            continue
+        acc = {int(k[1:]): v["in_distribution"]["greedy"]["mean"] for k, v in table.items()
+               if k.startswith("S") and k[1:].isdigit()}
+        worst = min(acc, key=acc.get)
+        return {"scenario": worst, "accuracy": acc[worst], "lr": float(run_lr), "run": run}
+    return None
 
 
 def _paired(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -127,94 +156,140 @@ def variants_table(runs: Mapping[str, SC.ScenarioRuns], side: str = "train") -> 
     return table
 
 
-def _ci(d: Mapping[str, float]) -> str:
-    from ..tables import MeanCI
-
-    return MeanCI.of(d).text()
-
-
-def _verdict(held: Sequence[str], tested: Sequence[str]) -> str:
-    if tested and len(held) == len(tested):
-        return "reproduces"
-    return "reproduces partly" if held else "does not reproduce"
+def _slug(name: str) -> str:
+    """A variant's name as a rule's identifier (``flex-β`` -> ``flex_b``)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower().replace("β", "b")).strip("_")
 
 
-def method_claims(table: Mapping[str, Any], rm: Mapping[str, Any], rl: Any, *, ood: str = "ood_carry",
-                  overfit_accuracy: float = 0.99) -> dict[str, dict[str, Any]]:
-    """The chapter's verdicts on 000's claims about DPO's alternatives, computed from its results:
-    ``table`` (:func:`variants_table`, training pairs), ``rm`` (:func:`prefdyn.lm.reward.rm_dpo_summary`)
-    and ``rl`` (:class:`prefdyn.lm.rl.RLComparison`). Each claim: ``{"source", "statement", "verdict"
-    ("reproduces" / "reproduces partly" / "does not reproduce"), "holds" (bool), "evidence" (the numbers,
-    text), "numbers"}``. A difference "holds" when its 95% interval over seeds excludes 0 on the claim's
-    side; "on par or better" when the interval of the accuracy difference reaches 0 or above."""
-    out: dict[str, dict[str, Any]] = {}
-    names = [n for n in table if n != "DPO"]
-    dpo = table["DPO"]
+def _scenario_text(s: int) -> str:
+    chosen, rejected = SC.SCENARIOS[s]
+    return f"scenario {s}'s (chosen from the {chosen}, rejected from the {rejected})"
 
-    par = [n for n in names if all(table[n]["vs_dpo"][f"accuracy_{e}"]["hi"] >= 0
-                                   for e in ("in_distribution", ood))]
-    out["variants_on_par"] = {
-        "source": "000 App. D.2, Table 10",
-        "statement": "DPO's variants reach on-par or better accuracy than DPO (in distribution and OOD)",
-        "verdict": _verdict(par, names), "holds": len(par) == len(names),
-        "evidence": "not worse: " + (", ".join(par) or "none") + "; worse: " + (
-            ", ".join(f"{n} {_ci(table[n]['vs_dpo']['accuracy_in_distribution'])}" for n in names if n not in par)
-            or "none"),
-        "numbers": {n: table[n]["vs_dpo"]["accuracy_in_distribution"] for n in names}}
-    for key, what, src in (("drastic_drop", "the drastic drop", "000 Property 1, Sec. 4; 004 Sec. 5"),
-                           ("degradation", "the degradation", "000 Property 2, Sec. 4")):
-        tested = names if dpo[key] else []
-        removed = [n for n in tested if not table[n][key]]
-        num = "excess_drop" if key == "drastic_drop" else "change_chosen"
-        out[f"variants_remove_{key}"] = {
-            "source": src,
-            "statement": f"the variants remove {what} DPO shows at the same rate and β",
-            "verdict": _verdict(removed, tested) if dpo[key] else "not tested here",
-            "holds": bool(tested) and len(removed) == len(tested),
-            "evidence": (f"DPO {num.replace('_', ' ')} {_ci(dpo[num])}; removed by: " + (", ".join(removed) or "none")
-                         + "; kept by: " + (", ".join(n for n in tested if n not in removed) or "none"))
-            if dpo[key] else f"DPO does not show {what} here ({num.replace('_', ' ')} {_ci(dpo[num])})",
-            "numbers": {n: table[n][num] for n in table}}
-    d = rm["dpo_minus_rm"]["test"]
-    fl = d["fluctuation"]
-    ex = d["excess_variation"]
-    out["dpo_fluctuates_more"] = {
-        "source": "000 Sec. 5.3, Fig. 4",
-        "statement": "DPO's held-out pairwise accuracy fluctuates more over training than a reward model's",
-        "verdict": "reproduces" if ex["lo"] > 0 else "does not reproduce", "holds": bool(ex["lo"] > 0),
-        "evidence": f"DPO - RM: fluctuation {_ci(fl)}, beyond the net change {_ci(ex)}",
-        "numbers": {"fluctuation": fl, "excess_variation": ex}}
-    dp = rm["dpo"]
-    final_train = dp["train"]["final_accuracy"]
-    g = dp["test"]["epoch_gain"]
-    slows = len(g) >= 2 and g[1]["hi"] < g[0]["lo"]
-    saturates = final_train["mean"] >= overfit_accuracy
-    out["dpo_overfits_second_epoch"] = {
-        "source": "000 App. D.2, Fig. 11",
-        "statement": (f"DPO overfits by the second epoch: train accuracy reaches 100% (here: >= {overfit_accuracy:g})"
-                      " and held-out growth slows sharply"),
-        "verdict": ("reproduces" if slows and saturates else "reproduces partly" if slows or saturates
-                    else "does not reproduce"),
-        "holds": bool(slows and saturates),
-        "evidence": (f"DPO train accuracy at the end {_ci(final_train)}; held-out gain epoch 1 {_ci(g[0])}"
-                     + (f", epoch 2 {_ci(g[1])}" if len(g) >= 2 else "")),
-        "numbers": {"final_train_accuracy": final_train, "heldout_epoch_gain": g}}
-    diff = rl.rl_minus_dpo["in_distribution"]["greedy"]
-    # a rule on which RLOO and DPO agree on every seed (the difference's interval is [0, 0]) is at its
-    # ceiling for both: it cannot separate them and is not counted
-    tied = [r for r in diff if diff[r]["lo"] == diff[r]["hi"] == 0]
-    rules = [r for r in diff if r not in tied]
-    better = [r for r in rules if diff[r]["lo"] > 0]
+
+def method_claims(results: Mapping[str, Any], *, scenario: int, worst: int | None = None,
+                  ood: str = "ood_carry", overfit_accuracy: float = 0.99) -> list[dict[str, Any]]:
+    """000's claims about DPO's alternatives as claims of the book's ledger (:mod:`prefdyn.ledger`): a list
+    of keyword arguments of :meth:`prefdyn.chapters.ChapterContext.claim`, whose evidence are keys of the
+    chapter's ``results``: ``variants`` (:func:`variants_table` on ``scenario``'s training pairs),
+    ``variants_worst`` (the same on scenario ``worst``, when given), ``reward_model``
+    (:func:`prefdyn.lm.reward.rm_dpo_summary`) and ``rl.rl_minus_dpo`` (:class:`prefdyn.lm.rl.RLComparison`).
+
+    A difference holds when its 95% interval over seeds excludes 0 on the claim's side; "on par or better"
+    when the interval of the accuracy difference reaches 0 or above; a variant removes a property DPO shows
+    when its own interval is no longer on the property's side of 0. Where ``variants_worst`` is given, the
+    claims about the variants are also tested there (the ``robust`` rule): a claim that holds on
+    ``scenario`` but not on ``worst`` reproduces only on ``scenario``'s data."""
+    out: list[dict[str, Any]] = []
+    tables = {"variants": results["variants"]}
+    if worst is not None:
+        tables["variants_worst"] = results["variants_worst"]
+    where = f"the pairs are {_scenario_text(scenario)}; it fails on scenario {worst}'s" if worst is not None else ""
+    section = "DPO and its variants (000 Table 10)"
+
+    def per_variant(pattern: str, table_key: str, prefix: str = "") -> dict[str, str]:
+        return {prefix + _slug(n): f"{table_key}.{n}.{pattern}" for n in tables[table_key] if n != "DPO"}
+
+    def claim_over(build) -> dict[str, Any]:
+        """``build(table_key, prefix) -> (evidence, rule)`` on the main table, and on the worst as robust."""
+        ev, rule = build("variants", "")
+        c = {"evidence": ev, "rule": rule}
+        if worst is not None:
+            ev_w, rule_w = build("variants_worst", "w_")
+            c["evidence"] = {**ev, **ev_w}
+            c["robust"] = f"({rule}) and ({rule_w})"
+            c["condition"] = where
+        return c
+
+    def on_par(t, p):
+        ev = {**per_variant("vs_dpo.accuracy_in_distribution.hi", t, p + "id_"),
+              **per_variant(f"vs_dpo.accuracy_{ood}.hi", t, p + "ood_")}
+        return ev, f"min({', '.join(ev)}) >= 0"
+
+    out.append({"id": "variants-on-par", "source": "000 App. D.2, Table 10", "section": section,
+                "statement": "DPO's variants reach on-par or better accuracy than DPO, in distribution and OOD",
+                **claim_over(on_par)})
+
+    def removes(num: str, bound: str, kept: str):
+        """DPO shows the property (degradation: its change_chosen hi < 0; drastic drop: its excess_drop lo >
+        0) and every variant has lost it. On the worst scenario a property DPO does not show there leaves
+        the claim untested, not failed."""
+        def build(t, p):
+            ev = {f"{p}dpo": f"{t}.DPO.{num}.{bound}", **per_variant(f"{num}.{kept}", t, p)}
+            others = ", ".join(k for k in ev if k != f"{p}dpo")
+            shows, removed = ((f"{p}dpo > 0", f"max({others}) <= 0") if num == "excess_drop" else
+                              (f"{p}dpo < 0", f"min({others}) >= 0"))
+            if p:
+                return ev, f"not {shows} or {removed}"
+            return ev, f"{shows} and {removed}"
+        return build
+
+    def untested(num: str, bound: str, what: str) -> dict[str, str]:
+        if worst is None:
+            return {}
+        v = results["variants_worst"]["DPO"][num][bound]
+        shows = v > 0 if num == "excess_drop" else v < 0
+        return {} if shows else {"note": f"DPO does not show {what} on scenario {worst}'s pairs, which leave the "
+                                         f"claim untested there"}
+
+    out.append({"id": "variants-remove-degradation", "source": "000 Sec. 4, Property 2", "section": section,
+                "statement": "the variants remove the degradation DPO shows at the same learning rate and β",
+                **claim_over(removes("change_chosen", "hi", "hi")),
+                **untested("change_chosen", "hi", "the degradation")})
+    out.append({"id": "variants-remove-drastic-drop", "source": "000 Sec. 4, Property 1; 004 Sec. 5",
+                "section": section,
+                "statement": "the variants remove the drastic drop DPO shows at the same learning rate and β",
+                **claim_over(removes("excess_drop", "lo", "lo")),
+                **untested("excess_drop", "lo", "the drastic drop")})
+
+    def smaller_drop(t, p):
+        ev = per_variant("vs_dpo.excess_drop.hi", t, p)
+        return ev, f"max({', '.join(ev)}) < 0"
+
+    out.append({"id": "variants-shrink-drastic-drop", "source": "000 Sec. 4; 004 Sec. 5", "section": section,
+                "statement": "each variant shrinks the drastic drop against DPO's (a smaller excess of the "
+                             "rejected log-prob's fall over the chosen one's change)",
+                **claim_over(smaller_drop)})
+
+    rm = "reward_model"
+    rm_section = "A reward model against DPO's implicit reward (000 Fig. 4, Fig. 11)"
+    out.append({"id": "dpo-fluctuates-more", "source": "000 Sec. 5.3, Fig. 4", "section": rm_section,
+                "statement": "DPO's held-out pairwise accuracy fluctuates more over training than a reward "
+                             "model's",
+                "evidence": {"excess_lo": f"{rm}.dpo_minus_rm.test.excess_variation.lo",
+                             "fluctuation_lo": f"{rm}.dpo_minus_rm.test.fluctuation.lo"},
+                "rule": "excess_lo > 0",
+                "note": "excess: DPO's movement beyond its net change minus the reward model's"})
+    out.append({"id": "dpo-train-accuracy-saturates", "source": "000 App. D.2, Fig. 11", "section": rm_section,
+                "statement": "DPO overfits: its accuracy on the training pairs reaches 100% by the second epoch",
+                "evidence": {"final_train": f"{rm}.dpo.train.final_accuracy.mean"},
+                "rule": f"final_train >= {overfit_accuracy:g}",
+                "note": f"100% read as at least {overfit_accuracy:g}, the mean over seeds at the end"})
+    if len(results[rm]["dpo"]["test"]["epoch_gain"]) >= 2:
+        out.append({"id": "dpo-heldout-growth-stops", "source": "000 App. D.2, Fig. 11", "section": rm_section,
+                    "statement": "DPO's held-out accuracy stops growing in the second epoch while training "
+                                 "goes on",
+                    "evidence": {"gain1_lo": f"{rm}.dpo.test.epoch_gain[0].lo",
+                                 "gain2_hi": f"{rm}.dpo.test.epoch_gain[1].hi"},
+                    "rule": "gain2_hi < gain1_lo",
+                    "note": "the second epoch's gain is below the first's (intervals apart)"})
+
     from .rl import PAPER_TABLE3
 
+    diff = results["rl"]["rl_minus_dpo"]["in_distribution"]["greedy"]
     printed = [v for task in PAPER_TABLE3.values() for v in task.values()]
     ahead = sum(v["RLHF-PPO"] > v["DPO"] for v in printed)
-    out["rl_beats_dpo"] = {
-        "source": "000 Sec. 5.2.1, Table 3",
-        "statement": (f"RL on an explicit score beats DPO rule by rule (000 Table 3: RLHF-PPO ahead on {ahead} of "
-                      f"{len(printed)} rules; here held-out problems, greedy)"),
-        "verdict": _verdict(better, rules), "holds": bool(rules) and len(better) == len(rules),
-        "evidence": "; ".join(f"{r} {_ci(diff[r])}" for r in rules) + " (RLOO - DPO)"
-                    + (f"; equal on every seed: {', '.join(tied)}" if tied else ""),
-        "numbers": diff}
+    key = "rl.rl_minus_dpo.in_distribution.greedy"
+    ev = {f"{r}_{b}": f"{key}.{r}.{b}" for r in diff for b in ("lo", "hi")}
+    # a rule on which RLOO and DPO agree on every seed (the difference's interval is [0, 0]) is at its ceiling
+    # for both: it cannot separate them and is not counted
+    every = " and ".join(f"({r}_lo > 0 or {r}_lo == {r}_hi == 0)" for r in diff)
+    failing = [r for r in diff if not (diff[r]["lo"] > 0 or diff[r]["lo"] == diff[r]["hi"] == 0)]
+    out.append({"id": "rl-beats-dpo", "source": "000 Sec. 5.2.1, Table 3",
+                "section": "RL on an explicit score against DPO (000 Table 3)",
+                "statement": f"RL on an explicit score beats DPO rule by rule (000 Table 3: RLHF-PPO ahead on "
+                             f"{ahead} of {len(printed)} rules)",
+                "evidence": ev, "rule": "total_lo > 0", "robust": every,
+                "condition": ("the score compared is the total RLOO optimises" +
+                              (f", not {', '.join(failing)} alone" if failing else "")),
+                "note": "held-out problems, greedy decoding; RLOO − DPO per rule"})
     return out
